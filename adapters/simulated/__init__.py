@@ -1,0 +1,3 @@
+from adapters.simulated.feed import SimulatedQuoteFeed
+
+__all__ = ["SimulatedQuoteFeed"]

@@ -1,0 +1,192 @@
+"""KeepConnected: one feed session at a time, re-subscribed in full after every reconnect.
+
+The loop: CONNECTING -> (adapter) AUTHENTICATING -> subscribe the whole target set -> CONNECTED
+-> read events until the session ends -> DISCONNECTED -> back off -> CONNECTING ...
+
+- Only :class:`RetryableFeedError` is retried, with the :class:`BackoffPolicy` (its ``min_delay``
+  honoured, for example while another session still holds Alpaca's single slot).
+- :class:`FatalFeedError` moves to FAILED, is recorded with its reason and re-raised: the service
+  stops. So does running out of ``max_attempts``. Anything else is a bug and crashes the task
+  group.
+- The attempt counter resets once a session has stayed up for the policy's ``reset_after_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import anyio
+
+from domain.backoff import BackoffPolicy, ReconnectBackoff
+from domain.connection import ConnectionState
+from domain.errors import FatalFeedError, RetryableFeedError, SymbolsRejected
+from domain.market import MarketEvent, Subscriptions
+from domain.subscriptions import SubscriptionPlan
+from ports.clock import Clock
+from ports.quote_feed import FeedSession, QuoteFeed
+
+from application.status import ServiceStatus
+
+log = logging.getLogger(__name__)
+
+
+class KeepConnected:
+    def __init__(
+        self,
+        feed: QuoteFeed,
+        clock: Clock,
+        status: ServiceStatus,
+        policy: BackoffPolicy,
+        on_events: Callable[[Sequence[MarketEvent]], None],
+        *,
+        rng: Callable[[], float] | None = None,
+        chunk_size: int = 400,
+    ) -> None:
+        self._feed = feed
+        self._clock = clock
+        self._status = status
+        self._backoff = ReconnectBackoff(policy)
+        self._on_events = on_events
+        self._rng = rng
+        self._chunk_size = chunk_size
+        self._session: FeedSession | None = None
+        self._target: frozenset[str] = frozenset()
+        self._lock = anyio.Lock()
+        self.capacity: int | None = None  # learned from a symbol-limit refusal
+
+    @property
+    def target(self) -> frozenset[str]:
+        return self._target
+
+    # -- subscription changes ---------------------------------------------------------------
+    async def apply(self, plan: SubscriptionPlan, ranked: Sequence[str] = ()) -> None:
+        """Make ``plan.target`` the wanted set; change the open session (if any) to match.
+
+        Without a session the target is kept and subscribed in full on the next connect.
+        ``ranked`` (best first) decides which symbols stay when the venue refuses the count.
+        Feed errors here end the session the reader is on, not this call's caller.
+        """
+        async with self._lock:
+            self._target = plan.target - self._status.rejected
+            session = self._session
+            if session is None:
+                return
+            try:
+                if plan.to_remove:
+                    ack = await session.unsubscribe(Subscriptions.quotes(set(plan.to_remove)))
+                    self._status.confirmed = ack.confirmed.symbols()
+                to_add = [s for s in (ranked or sorted(plan.to_add)) if s in plan.to_add]
+                await self._subscribe(session, to_add)
+            except RetryableFeedError as e:
+                log.warning("subscription change interrupted, will resubscribe on reconnect: %s", e)
+
+    async def _subscribe(self, session: FeedSession, symbols: Sequence[str]) -> None:
+        """Subscribe ``symbols`` (best first) in chunks; on a symbol-limit refusal, fall back
+        to one at a time so the best-ranked ones fit, and report the rest as left out."""
+        status = self._status
+        wanted = [s for s in symbols if s not in status.rejected]
+        i = 0
+        one_by_one = False
+        while i < len(wanted):
+            size = 1 if one_by_one else self._chunk_size
+            chunk = wanted[i : i + size]
+            try:
+                ack = await session.subscribe(Subscriptions.quotes(set(chunk)))
+            except SymbolsRejected as e:
+                if e.limit_exceeded and not one_by_one and len(chunk) > 1:
+                    one_by_one = True
+                    continue
+                if e.limit_exceeded:
+                    left = tuple(sorted(set(wanted[i:])))
+                    self.capacity = len(session.confirmed.symbols())
+                    status.left_out = tuple(sorted(set(status.left_out) | set(left)))
+                    status.counters["symbols_rejected"] += len(left)
+                    log.warning(
+                        "venue symbol limit reached at %d symbols; left out: %s",
+                        self.capacity, ", ".join(left),
+                    )
+                    break
+                status.rejected = status.rejected | e.symbols
+                status.counters["symbols_rejected"] += len(e.symbols)
+                log.error("venue rejected symbols %s: %s", sorted(e.symbols), e.reason)
+                i += size
+                continue
+            status.confirmed = ack.confirmed.symbols()
+            if ack.missing:
+                log.warning("subscribed but not confirmed: %s", ", ".join(sorted(ack.missing)))
+            i += size
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _on_state(self, state: ConnectionState) -> None:
+        self._status.set_state(state)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Stay connected until cancelled. Raises :class:`FatalFeedError` when it must stop.
+
+        ``task_status.started()`` is called once the first session is connected and
+        subscribed.
+        """
+        status = self._status
+        started = False
+        while True:
+            status.set_state(ConnectionState.CONNECTING)
+            try:
+                async with self._feed.connect(on_state=self._on_state) as session:
+                    # Adapters that authenticate at the upgrade may skip this step.
+                    status.set_state(ConnectionState.AUTHENTICATING)
+                    async with self._lock:
+                        self._session = session
+                        await self._subscribe(session, sorted(self._target))
+                    status.set_state(ConnectionState.CONNECTED)
+                    now = self._clock.monotonic()
+                    status.connected_since = now
+                    self._backoff.on_connected(now)
+                    log.info(
+                        "connected; subscribed to %d symbols", len(session.confirmed.symbols())
+                    )
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await self._read(session)
+            except RetryableFeedError as e:
+                self._session = None
+                status.connected_since = None
+                status.confirmed = frozenset()
+                status.set_state(ConnectionState.DISCONNECTED)
+                delay = self._backoff.on_failure(self._rng, e.min_delay)
+                if delay is None:
+                    reason = (
+                        f"gave up after {self._backoff.attempts - 1} reconnect attempts: {e}"
+                    )
+                    self._fail(FatalFeedError(reason, setting="MDS_RECONNECT_MAX_ATTEMPTS"))
+                status.reconnect_attempts = self._backoff.attempts
+                status.reconnects += 1
+                log.warning("feed session lost (%s); reconnecting in %.1f s", e, delay)
+                await anyio.sleep(delay)
+            except FatalFeedError as e:
+                self._session = None
+                self._fail(e)
+            finally:
+                self._session = None
+
+    def _fail(self, error: FatalFeedError) -> NoReturn:
+        status = self._status
+        status.confirmed = frozenset()
+        status.set_state(ConnectionState.FAILED)
+        status.fatal_error = str(error)
+        raise error
+
+    async def _read(self, session: FeedSession) -> None:
+        status = self._status
+        clock = self._clock
+        backoff = self._backoff
+        on_events = self._on_events
+        async for batch in session.events():
+            status.last_message_ns = clock.now_ns()
+            now = clock.monotonic()
+            status.last_message_at = now
+            if backoff.attempts and backoff.healthy_at(now):
+                status.reconnect_attempts = 0
+            on_events(batch)

@@ -1,0 +1,88 @@
+"""What the service knows about itself: the source of /health, /ready and /metrics."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from domain.connection import ConnectionState, ConnectionStateMachine
+
+
+class StoreState(StrEnum):
+    OK = "ok"
+    DEGRADED = "degraded"
+
+
+class Health(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+
+
+class Role(StrEnum):
+    LEADER = "leader"
+    STANDBY = "standby"
+
+
+@dataclass
+class ServiceStatus:
+    """Mutable state shared by the use cases of one service; read by the HTTP API.
+
+    Counters (``counters``): ``quotes``, ``trades``, ``bars``, ``other_events``,
+    ``no_mid_empty_bid``, ``no_mid_empty_ask``, ``no_mid_crossed``, ``prices`` (computed),
+    ``prices_written``, ``published``, ``conflated``, ``refused_older``, ``dropped``,
+    ``cache_write_errors``, ``position_sync_errors``, ``symbols_rejected``.
+    """
+
+    started_at: float
+    connection: ConnectionStateMachine = field(default_factory=ConnectionStateMachine)
+    reconnect_attempts: int = 0  # consecutive failed attempts since the last healthy session
+    reconnects: int = 0  # every reconnect since start
+    last_message_ns: int | None = None  # wall time of the last frame received
+    last_message_at: float | None = None  # monotonic time of the same
+    connected_since: float | None = None
+    store: StoreState = StoreState.OK
+    store_error: str | None = None
+    fatal_error: str | None = None
+    role: Role = Role.LEADER
+    desired: frozenset[str] = frozenset()
+    confirmed: frozenset[str] = frozenset()
+    left_out: tuple[str, ...] = ()
+    rejected: frozenset[str] = frozenset()
+    last_sync_at: float | None = None
+    last_sync_error: str | None = None
+    pending_writes: int = 0
+    counters: Counter[str] = field(default_factory=Counter)
+    on_change: Callable[[ServiceStatus], None] | None = None
+
+    @property
+    def state(self) -> ConnectionState:
+        return self.connection.state
+
+    def set_state(self, state: ConnectionState) -> None:
+        """Move the connection state machine; repeating the current state is a no-op."""
+        if self.connection.state is not state:
+            self.connection.to(state)
+
+    @property
+    def connected(self) -> bool:
+        return self.connection.state is ConnectionState.CONNECTED
+
+    @property
+    def streaming(self) -> bool:
+        """Connected, subscribed to something, and the cache is being written."""
+        return self.connected and bool(self.confirmed) and self.store is StoreState.OK
+
+    def health(self) -> Health:
+        if self.connection.failed or self.fatal_error is not None:
+            return Health.FAILED
+        if self.role is Role.STANDBY:
+            return Health.HEALTHY if self.store is StoreState.OK else Health.DEGRADED
+        if not self.connected or self.store is not StoreState.OK:
+            return Health.DEGRADED
+        return Health.HEALTHY
+
+    def uptime_s(self, now: float) -> float:
+        return now - self.started_at

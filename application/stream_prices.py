@@ -1,0 +1,260 @@
+"""StreamMidPrices: feed events -> exact mid prices -> cache and bus.
+
+Two halves joined by a bounded hand-off, so the feed reader never waits on the cache or the bus:
+
+- :meth:`StreamMidPrices.handle` runs in the reader's task, synchronously: it turns quotes into
+  prices, refuses a quote older than the newest seen for its symbol, and appends to the
+  pending queue. It never awaits.
+- :meth:`StreamMidPrices.run` is the writer task: it takes everything pending as one batch, writes
+  it with one ``PriceCache.put_many`` and publishes what was applied with one
+  ``EventBus.publish_many``.
+
+**Lossless while the writer keeps up; conflated when it cannot.** Prices queue in arrival order,
+so every update is written and published in order per symbol. When the queue passes
+``max_pending`` (the writer is behind, or the store is down), it collapses to the latest price
+per symbol and stays in that mode until the writer has caught up: memory is bounded by
+``max_pending`` plus the number of symbols, and every superseded price is counted as
+``conflated``.
+
+**Store outage.** A failed write keeps the batch (merged under newer prices), marks the store
+degraded, and retries after a short capped backoff; the first write after recovery carries the
+latest price of every symbol.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import anyio
+
+from domain.market import MarketEvent, Quote, Trade
+from domain.price import NoMid, Price, price_from_quote
+from ports.clock import Clock
+from ports.event_bus import EventBus
+from ports.price_cache import PriceCache
+
+from application.status import ServiceStatus, StoreState
+
+log = logging.getLogger(__name__)
+
+_NO_MID_COUNTER = {
+    NoMid.EMPTY_BID: "no_mid_empty_bid",
+    NoMid.EMPTY_ASK: "no_mid_empty_ask",
+    NoMid.CROSSED: "no_mid_crossed",
+}
+
+
+class StreamObserver(Protocol):
+    """Hooks for metrics; the application knows no metrics library."""
+
+    def observe_write(self, seconds: float, count: int) -> None:
+        """One batch written to the cache and bus in ``seconds``."""
+        ...
+
+    def observe_quote_age(self, seconds: float) -> None:
+        """Venue time to write time of the oldest price in a batch."""
+        ...
+
+
+class NullObserver:
+    def observe_write(self, seconds: float, count: int) -> None:
+        pass
+
+    def observe_quote_age(self, seconds: float) -> None:
+        pass
+
+
+class StreamMidPrices:
+    def __init__(
+        self,
+        cache: PriceCache,
+        bus: EventBus,
+        clock: Clock,
+        status: ServiceStatus,
+        *,
+        observer: StreamObserver | None = None,
+        max_pending: int = 50_000,
+        max_batch: int = 5_000,
+        retry_base_s: float = 0.05,
+        retry_cap_s: float = 1.0,
+    ) -> None:
+        if max_pending < 1 or max_batch < 1:
+            raise ValueError("max_pending and max_batch must be >= 1")
+        self._cache = cache
+        self._bus = bus
+        self._clock = clock
+        self._status = status
+        self._observer = observer or NullObserver()
+        self._max_pending = max_pending
+        self._max_batch = max_batch
+        self._retry_base_s = retry_base_s
+        self._retry_cap_s = retry_cap_s
+        self._queue: list[Price] = []
+        self._latest: dict[str, Price] = {}  # conflation mode: latest unwritten price per symbol
+        self._conflating = False
+        self._newest_ts: dict[str, int] = {}
+        self._wakeup = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    # -- reader side: synchronous, never waits ---------------------------------------------
+    def handle(self, events: Sequence[MarketEvent]) -> None:
+        """Turn one frame's events into pending prices. Cheap, synchronous, never blocks."""
+        counters = self._status.counters
+        newest = self._newest_ts
+        queued = 0
+        quotes = 0
+        for event in events:
+            if type(event) is not Quote:
+                counters["trades" if type(event) is Trade else "other_events"] += 1
+                continue
+            quotes += 1
+            result = price_from_quote(event)
+            if type(result) is not Price:
+                counters[_NO_MID_COUNTER[result]] += 1  # type: ignore[index]
+                continue
+            price: Price = result  # type: ignore[assignment]
+            last = newest.get(price.symbol)
+            if last is not None and price.ts_event_ns < last:
+                counters["refused_older"] += 1
+                continue
+            newest[price.symbol] = price.ts_event_ns
+            queued += 1
+            if self._conflating:
+                if self._latest.pop(price.symbol, None) is not None:
+                    counters["conflated"] += 1
+                self._latest[price.symbol] = price
+            else:
+                self._queue.append(price)
+        counters["quotes"] += quotes
+        if queued:
+            counters["prices"] += queued
+            if len(self._queue) > self._max_pending:
+                self._start_conflating()
+            self._idle = anyio.Event() if self._idle.is_set() else self._idle
+            self._wakeup.set()
+        self._status.pending_writes = len(self._queue) + len(self._latest)
+
+    def _start_conflating(self) -> None:
+        """Collapse the queue to the latest price per symbol (order of last update kept)."""
+        latest = self._latest
+        conflated = 0
+        for price in self._queue:
+            if latest.pop(price.symbol, None) is not None:
+                conflated += 1
+            latest[price.symbol] = price
+        self._queue = []
+        self._conflating = True
+        self._status.counters["conflated"] += conflated
+        log.warning(
+            "price writer is behind: conflating to the latest price per symbol "
+            "(%d symbols pending)", len(latest)
+        )
+
+    def _take_batch(self) -> list[Price]:
+        if self._latest:
+            batch = list(self._latest.values())
+            self._latest = {}
+            # Caught up: go back to lossless queueing.
+            self._conflating = False
+            return batch
+        if len(self._queue) <= self._max_batch:
+            batch, self._queue = self._queue, []
+            return batch
+        batch = self._queue[: self._max_batch]
+        del self._queue[: self._max_batch]
+        return batch
+
+    def _put_back(self, batch: list[Price]) -> None:
+        """Return a failed batch to the front, under anything newer that arrived since."""
+        if self._conflating or len(batch) + len(self._queue) > self._max_pending:
+            merged: dict[str, Price] = {}
+            for price in batch:
+                merged[price.symbol] = price
+            for price in [*self._queue, *self._latest.values()]:
+                merged.pop(price.symbol, None)
+                merged[price.symbol] = price
+            self._status.counters["conflated"] += (
+                len(batch) + len(self._queue) + len(self._latest) - len(merged)
+            )
+            self._latest = merged
+            self._queue = []
+            self._conflating = True
+        else:
+            self._queue[:0] = batch
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + len(self._latest)
+
+    # -- writer side ------------------------------------------------------------------------
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Write pending prices until cancelled. Never raises for a store outage."""
+        task_status.started()
+        failures = 0
+        while True:
+            if not self.pending:
+                self._idle.set()
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+                continue
+            ok = await self._write_once()
+            if ok:
+                failures = 0
+                continue
+            failures += 1
+            await anyio.sleep(min(self._retry_cap_s, self._retry_base_s * 2 ** (failures - 1)))
+
+    async def _write_once(self) -> bool:
+        batch = self._take_batch()
+        status = self._status
+        start = self._clock.monotonic()
+        try:
+            applied = await self._cache.put_many(batch)
+            await self._bus.publish_many(applied)
+        except ConnectionError as e:
+            self._put_back(batch)
+            status.counters["cache_write_errors"] += 1
+            if status.store is not StoreState.DEGRADED:
+                log.warning("price store unavailable, keeping latest prices in memory: %s", e)
+            status.store = StoreState.DEGRADED
+            status.store_error = str(e)
+            status.pending_writes = self.pending
+            return False
+        elapsed = self._clock.monotonic() - start
+        if status.store is StoreState.DEGRADED:
+            log.warning("price store back after an outage; wrote %d latest prices", len(applied))
+            status.store = StoreState.OK
+            status.store_error = None
+        status.counters["prices_written"] += len(applied)
+        status.counters["published"] += len(applied)
+        status.counters["refused_older"] += len(batch) - len(applied)
+        status.pending_writes = self.pending
+        self._observer.observe_write(elapsed, len(batch))
+        if batch:
+            self._observer.observe_quote_age(
+                (self._clock.now_ns() - batch[0].ts_event_ns) / 1_000_000_000
+            )
+        return True
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is pending (the writer has written everything handed to it)."""
+        while self.pending or not self._idle.is_set():
+            await self._idle.wait()
+
+    async def flush(self, timeout_s: float) -> int:
+        """Write what is pending within ``timeout_s`` (shielded: used at shutdown).
+
+        Returns how many prices were left unwritten (counted as ``dropped``).
+        """
+        with anyio.CancelScope(shield=True), anyio.move_on_after(timeout_s):
+            while self.pending:
+                if not await self._write_once():
+                    await anyio.sleep(self._retry_base_s)
+        left = self.pending
+        if left:
+            self._status.counters["dropped"] += left
+            log.error("shutdown: %d prices could not be written before the deadline", left)
+        return left

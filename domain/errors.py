@@ -1,0 +1,106 @@
+"""Domain errors, one base per concern.
+
+Feed errors are classified by the reaction they call for, so the application never inspects
+vendor codes:
+
+- :class:`RetryableFeedError`: reconnect with backoff (drops, 406, 407, HTTP 429, 500, stalls).
+- :class:`FatalFeedError`: retrying cannot help (402 bad credentials, 409 plan); stop and say why.
+- :class:`SymbolsRejected`: some symbols cannot be had (405 symbol limit, 400 on a subscribe);
+  drop those symbols, report them, keep the session.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error raised by the domain."""
+
+
+class InvalidSymbol(DomainError, ValueError):
+    """A symbol that is not in Alpaca's format; the message names it."""
+
+    def __init__(self, symbol: object, why: str) -> None:
+        self.symbol = symbol
+        self.why = why
+        super().__init__(f"invalid symbol {symbol!r}: {why}")
+
+
+class IllegalTransition(DomainError):
+    """A connection-state change the state machine does not allow."""
+
+    def __init__(self, current: object, target: object) -> None:
+        self.current = current
+        self.target = target
+        super().__init__(f"illegal connection-state transition {current} -> {target}")
+
+
+class FeedError(DomainError):
+    """Base of the errors a QuoteFeed raises. ``code`` is the venue's code when there is one."""
+
+    def __init__(self, reason: str, *, code: int | None = None) -> None:
+        self.reason = reason
+        self.code = code
+        super().__init__(reason if code is None else f"{reason} (code {code})")
+
+
+class RetryableFeedError(FeedError):
+    """The session is gone or could not be opened; reconnecting with backoff can fix it.
+
+    ``min_delay`` lets the adapter ask for a longer wait than the policy's next delay (for example
+    while another session still holds the single connection slot).
+    """
+
+    def __init__(self, reason: str, *, code: int | None = None, min_delay: float = 0.0) -> None:
+        super().__init__(reason, code=code)
+        self.min_delay = min_delay
+
+
+class FeedDisconnected(RetryableFeedError):
+    """An open session ended: the server closed it, the network dropped, or a ping timed out."""
+
+
+class FeedUnavailable(RetryableFeedError):
+    """A session could not be opened: refused, HTTP 429, connection limit, server error."""
+
+
+class FeedStalled(RetryableFeedError):
+    """No message arrived for longer than the data watchdog allows while subscribed."""
+
+
+class FatalFeedError(FeedError):
+    """Retrying cannot fix this (bad credentials, plan without the feed, insecure URL refused).
+
+    ``setting`` names the configuration variable an operator should check.
+    """
+
+    def __init__(self, reason: str, *, code: int | None = None, setting: str | None = None) -> None:
+        super().__init__(reason, code=code)
+        self.setting = setting
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text if self.setting is None else f"{text}; check {self.setting}"
+
+
+class SymbolsRejected(FeedError):
+    """The venue refused a subscription change for these symbols; the session goes on.
+
+    ``limit_exceeded`` is true for a symbol-limit refusal (Alpaca 405): the venue's set is left
+    as it was before the request.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        symbols: frozenset[str],
+        *,
+        code: int | None = None,
+        limit_exceeded: bool = False,
+    ) -> None:
+        super().__init__(reason, code=code)
+        self.symbols = symbols
+        self.limit_exceeded = limit_exceeded
+
+
+class PositionSourceError(DomainError):
+    """Positions could not be read. Never to be taken as "no positions"."""

@@ -1,0 +1,138 @@
+"""Price, the record other services read, and the exact mid.
+
+**Mid rule.** A quote gives a mid only when both sides are present and not crossed:
+``bid > 0``, ``ask > 0`` and ``bid <= ask``. A locked quote (``bid == ask``) gives that price.
+An empty side (price 0 or missing, common on IEX) or a crossed quote (``bid > ask``) gives no
+mid: :func:`price_from_quote` returns the :class:`NoMid` reason, the caller counts it and caches
+nothing, so the last good price stays in place and ages towards stale.
+
+**Exactness.** Wire prices are doubles; each stands for the shortest decimal that round-trips
+(``150.25``). The mid is the exact decimal midpoint of those decimals, returned as the double
+nearest to it, so its ``repr`` and its JSON are that decimal: 150.25 / 150.27 gives ``150.26``,
+never ``150.26000000000002``; 1.0001 / 1.0002 gives ``1.00015``. The fast path scales both sides
+to integers of 1e-8 (exact for prices with up to 8 decimals below 90 million) and divides once,
+correctly rounded, by Python's int/int true division; other prices take ``decimal.Decimal``.
+
+**JSON contract** (``price:{SYMBOL}`` and ``price.updated.{SYMBOL}``)::
+
+    {"symbol":"AAPL","bid":150.25,"ask":150.27,"mid":150.26,
+     "timestamp":"2024-07-24T07:56:53.639713735Z","exchange":"V"}
+
+numbers as JSON numbers, ``timestamp`` the venue's time (fixed-width, nanoseconds, UTC; see
+:mod:`domain.timestamps`), ``exchange`` the venue code of the bid side (Alpaca ``bx``).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from enum import StrEnum
+from typing import NamedTuple
+
+from domain.market import Quote
+from domain.timestamps import format_ns, parse_rfc3339_ns
+
+_SCALE = 100_000_000  # 1e-8 units
+_SCALE_F = 1e8
+_FAST_LIMIT = 9.0e7  # below this, price * 1e8 stays well inside a double's exact integers
+
+
+class NoMid(StrEnum):
+    """Why a quote gives no mid."""
+
+    EMPTY_BID = "empty_bid"
+    EMPTY_ASK = "empty_ask"
+    CROSSED = "crossed"
+
+
+def _units(price: float) -> int | None:
+    """``price`` in exact 1e-8 units, or None when it has more than 8 decimals or is too large."""
+    if not 0.0 < price < _FAST_LIMIT:
+        return None
+    units = round(price * _SCALE_F)
+    return units if units / _SCALE_F == price else None
+
+
+def exact_mid(bid: float, ask: float) -> float:
+    """The double nearest to the exact decimal midpoint of ``bid`` and ``ask`` (both > 0)."""
+    b = _units(bid)
+    a = _units(ask)
+    if b is not None and a is not None:
+        # (b + a) / 2 in 1e-8 units == (b + a) * 5 in 1e-9 units; int / int is correctly rounded.
+        return ((b + a) * 5) / 1_000_000_000
+    return float((Decimal(repr(bid)) + Decimal(repr(ask))) / 2)
+
+
+def mid_decimal(bid: float, ask: float) -> Decimal:
+    """The exact midpoint as a ``Decimal`` (for callers that want decimal arithmetic)."""
+    return (Decimal(repr(bid)) + Decimal(repr(ask))) / 2
+
+
+def no_mid_reason(bid: float, ask: float) -> NoMid | None:
+    """None when the quote gives a mid, else why not (see the module's mid rule)."""
+    if not bid > 0.0:
+        return NoMid.EMPTY_BID
+    if not ask > 0.0:
+        return NoMid.EMPTY_ASK
+    if bid > ask:
+        return NoMid.CROSSED
+    return None
+
+
+class Price(NamedTuple):
+    """The latest two-sided price of a symbol, as other services read it."""
+
+    symbol: str
+    bid: float
+    ask: float
+    mid: float
+    ts_event_ns: int
+    exchange: str
+
+    @property
+    def timestamp(self) -> str:
+        return format_ns(self.ts_event_ns)
+
+    def mid_as_decimal(self) -> Decimal:
+        return Decimal(repr(self.mid))
+
+    def to_json(self) -> bytes:
+        """The contract JSON, encoded once and reused for the cache and the channel."""
+        exchange = self.exchange
+        if not exchange.isalnum() or not exchange.isascii():
+            exchange = json.dumps(exchange)[1:-1]
+        return (
+            f'{{"symbol":"{self.symbol}","bid":{self.bid!r},"ask":{self.ask!r},'
+            f'"mid":{self.mid!r},"timestamp":"{format_ns(self.ts_event_ns)}",'
+            f'"exchange":"{exchange}"}}'
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Price:
+        """Parse the contract JSON; raises ``ValueError`` (with the field) when it does not fit."""
+        try:
+            obj = json.loads(data)
+            symbol, bid, ask, mid = obj["symbol"], obj["bid"], obj["ask"], obj["mid"]
+            ts = parse_rfc3339_ns(obj["timestamp"])
+            exchange = obj["exchange"]
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"not a price record: {e}") from e
+        for name, value in (("bid", bid), ("ask", ask), ("mid", mid)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"price record field {name!r} is not a number: {value!r}")
+        if not isinstance(symbol, str) or not isinstance(exchange, str):
+            raise ValueError("price record fields 'symbol' and 'exchange' must be strings")
+        return cls(symbol, float(bid), float(ask), float(mid), ts, exchange)
+
+
+def price_from_quote(quote: Quote) -> Price | NoMid:
+    """The Price a quote gives, or the reason it gives none."""
+    bid = quote.bid_price
+    ask = quote.ask_price
+    if bid > 0.0 and ask > 0.0 and bid <= ask:
+        return Price(
+            quote.symbol, bid, ask, exact_mid(bid, ask), quote.ts_event_ns, quote.bid_exchange
+        )
+    reason = no_mid_reason(bid, ask)
+    assert reason is not None
+    return reason

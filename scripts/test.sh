@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install everything the tests need into .venv and run the whole suite:
+# lint (ruff), types (mypy --strict), layer contracts (import-linter), then pytest.
+# Works on a fresh machine: installs redis-server with apt-get when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  echo "redis-server not found: installing it (Debian package redis-server)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  # The package may start a service on 6379; the tests never use it, they start their own.
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+
+echo "== ruff";           .venv/bin/ruff check .
+echo "== mypy --strict";  .venv/bin/mypy domain ports application adapters entrypoints tests
+echo "== import-linter";  .venv/bin/lint-imports
+echo "== pytest";         .venv/bin/python -m pytest "$@"

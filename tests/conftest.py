@@ -1,0 +1,28 @@
+"""Test charter for market-data-service.
+
+Tiers (each a folder):
+- ``tests/domain``: pure and synchronous; property tests (hypothesis) for the mid, the diff and
+  the backoff bounds.
+- ``tests/application``: the use cases on the in-memory adapters only (no sockets, no threads),
+  under trio's MockClock with autojump: every backoff, sync interval and timeout runs in virtual
+  time, and time is asserted through the clock. Each test sits under a ``fail_after`` guard.
+- ``tests/adapters``: each adapter against the real thing on loopback (WebSocket servers,
+  redis-server processes the session starts on free ports), plus one contract suite run against
+  both the fake and the real adapter, so the fakes stay honest.
+- ``tests/entrypoints`` and ``tests/e2e``: settings, the HTTP API, and the service as a real
+  process against the local Alpaca-compatible server and a real Redis.
+
+Rules: no real-time sleep as synchronisation (wait on a condition, or use the MockClock); tests
+that start processes stop them, also on failure; nothing touches the machine's shared Redis.
+This root conftest runs async tests on trio with the real clock; ``tests/application`` and
+``tests/domain`` switch to the MockClock.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "trio"
