@@ -19,6 +19,7 @@ from typing import NoReturn
 
 import anyio
 
+from application.status import ServiceStatus
 from domain.backoff import BackoffPolicy, ReconnectBackoff
 from domain.connection import ConnectionState
 from domain.errors import FatalFeedError, RetryableFeedError, SymbolsRejected
@@ -26,8 +27,6 @@ from domain.market import MarketEvent, Subscriptions
 from domain.subscriptions import SubscriptionPlan
 from ports.clock import Clock
 from ports.quote_feed import FeedSession, QuoteFeed
-
-from application.status import ServiceStatus
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,8 @@ class KeepConnected:
                     status.counters["symbols_rejected"] += len(left)
                     log.warning(
                         "venue symbol limit reached at %d symbols; left out: %s",
-                        self.capacity, ", ".join(left),
+                        self.capacity,
+                        ", ".join(left),
                     )
                     break
                 status.rejected = status.rejected | e.symbols
@@ -122,7 +122,9 @@ class KeepConnected:
     def _on_state(self, state: ConnectionState) -> None:
         self._status.set_state(state)
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Stay connected until cancelled. Raises :class:`FatalFeedError` when it must stop.
 
         ``task_status.started()`` is called once the first session is connected and
@@ -157,9 +159,7 @@ class KeepConnected:
                 status.set_state(ConnectionState.DISCONNECTED)
                 delay = self._backoff.on_failure(self._rng, e.min_delay)
                 if delay is None:
-                    reason = (
-                        f"gave up after {self._backoff.attempts - 1} reconnect attempts: {e}"
-                    )
+                    reason = f"gave up after {self._backoff.attempts - 1} reconnect attempts: {e}"
                     self._fail(FatalFeedError(reason, setting="MDS_RECONNECT_MAX_ATTEMPTS"))
                 status.reconnect_attempts = self._backoff.attempts
                 status.reconnects += 1

@@ -11,10 +11,14 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
+from application.keep_connected import KeepConnected
+from application.status import ServiceStatus
+from application.stream_prices import StreamMidPrices, StreamObserver
+from application.sync_subscriptions import SyncSubscriptions
 from domain.backoff import BackoffPolicy
 from domain.errors import FatalFeedError, PositionSourceError
 from domain.subscriptions import SubscriptionPlan
@@ -24,11 +28,6 @@ from ports.position_source import PositionSource
 from ports.price_cache import PriceCache
 from ports.quote_feed import QuoteFeed
 
-from application.keep_connected import KeepConnected
-from application.status import ServiceStatus
-from application.stream_prices import StreamMidPrices, StreamObserver
-from application.sync_subscriptions import SyncSubscriptions
-
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +36,7 @@ class ServiceConfig:
     static_symbols: frozenset[str] = frozenset()
     sync_interval_s: float = 300.0
     symbol_limit: int | None = 30
-    backoff: BackoffPolicy = BackoffPolicy()
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     listen_for_position_changes: bool = True
     shutdown_flush_s: float = 1.5
     max_pending: int = 50_000
@@ -104,7 +103,9 @@ class MarketDataService:
             await anyio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run until cancelled (or a fatal feed error, which propagates). ``started`` once the
         writer runs and the first sync has planned the subscriptions (not waiting for the
         venue: an unreachable venue must not hold up the HTTP API)."""

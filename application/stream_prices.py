@@ -29,13 +29,12 @@ from typing import Protocol
 
 import anyio
 
+from application.status import ServiceStatus, StoreState
 from domain.market import MarketEvent, Quote, Trade
 from domain.price import NoMid, Price, price_from_quote
 from ports.clock import Clock
 from ports.event_bus import EventBus
 from ports.price_cache import PriceCache
-
-from application.status import ServiceStatus, StoreState
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +111,10 @@ class StreamMidPrices:
                 continue
             quotes += 1
             result = price_from_quote(event)
-            if type(result) is not Price:
-                counters[_NO_MID_COUNTER[result]] += 1  # type: ignore[index]
+            if isinstance(result, NoMid):
+                counters[_NO_MID_COUNTER[result]] += 1
                 continue
-            price: Price = result  # type: ignore[assignment]
+            price = result
             last = newest.get(price.symbol)
             if last is not None and price.ts_event_ns < last:
                 counters["refused_older"] += 1
@@ -150,7 +149,8 @@ class StreamMidPrices:
         self._status.counters["conflated"] += conflated
         log.warning(
             "price writer is behind: conflating to the latest price per symbol "
-            "(%d symbols pending)", len(latest)
+            "(%d symbols pending)",
+            len(latest),
         )
 
     def _take_batch(self) -> list[Price]:
@@ -190,7 +190,9 @@ class StreamMidPrices:
         return len(self._queue) + len(self._latest)
 
     # -- writer side ------------------------------------------------------------------------
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Write pending prices until cancelled. Never raises for a store outage."""
         task_status.started()
         failures = 0

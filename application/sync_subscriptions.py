@@ -8,17 +8,17 @@ A PositionSource failure keeps the current subscriptions and is retried at the n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import anyio
 
+from application.keep_connected import KeepConnected
+from application.status import ServiceStatus
 from domain.errors import PositionSourceError
 from domain.subscriptions import SubscriptionPlan, plan_subscriptions, rank_symbols
 from ports.clock import Clock
 from ports.position_source import PositionSource
-
-from application.keep_connected import KeepConnected
-from application.status import ServiceStatus
 
 log = logging.getLogger(__name__)
 
@@ -89,30 +89,27 @@ class SyncSubscriptions:
             if plan.left_out:
                 log.warning(
                     "symbol capacity %s reached; left out: %s",
-                    self._capacity_now(), ", ".join(plan.left_out),
+                    self._capacity_now(),
+                    ", ".join(plan.left_out),
                 )
             if plan.changed:
-                log.info(
-                    "subscriptions: +%s -%s", sorted(plan.to_add), sorted(plan.to_remove)
-                )
+                log.info("subscriptions: +%s -%s", sorted(plan.to_add), sorted(plan.to_remove))
             await self._connection.apply(plan, rank_symbols(held, static, current))
             if failure is not None:
                 raise failure
             return plan
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Sync once, report started, then every ``interval_s`` or when triggered, until
         cancelled. Position-source failures are logged and retried; they never end the loop."""
-        try:
+        with contextlib.suppress(PositionSourceError):
             await self.sync_now()
-        except PositionSourceError:
-            pass
         task_status.started()
         while True:
             with anyio.move_on_after(self._interval_s):
                 await self._trigger.wait()
             self._trigger = anyio.Event()
-            try:
+            with contextlib.suppress(PositionSourceError):
                 await self.sync_now()
-            except PositionSourceError:
-                pass

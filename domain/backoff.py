@@ -65,7 +65,9 @@ class ReconnectBackoff:
     attempts: int = 0
     connected_at: float | None = None
 
-    def on_failure(self, rng: Callable[[], float] | None = None, min_delay: float = 0.0) -> float | None:
+    def on_failure(
+        self, rng: Callable[[], float] | None = None, min_delay: float = 0.0
+    ) -> float | None:
         """Record a failed connect or a lost connection; the delay to wait, or None to give up."""
         self.connected_at = None
         self.attempts += 1

@@ -27,7 +27,8 @@ def validate_symbol(symbol: object) -> str:
         raise InvalidSymbol(symbol, f"longer than {MAX_SYMBOL_LENGTH} characters")
     if _SYMBOL.fullmatch(symbol) is None:
         raise InvalidSymbol(
-            symbol, "use upper-case letters, digits, '.', '/' or '-', starting with a letter or digit"
+            symbol,
+            "use upper-case letters, digits, '.', '/' or '-', starting with a letter or digit",
         )
     return symbol
 

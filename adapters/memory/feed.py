@@ -50,7 +50,9 @@ class ScriptedSession:
             )
         self._confirmed = new
         self._feed._changed()
-        missing = request.all_symbols() - new.all_symbols() if action == "subscribe" else frozenset()
+        missing = (
+            request.all_symbols() - new.all_symbols() if action == "subscribe" else frozenset()
+        )
         return SubscriptionAck(new, missing)
 
     async def subscribe(self, request: Subscriptions) -> SubscriptionAck:

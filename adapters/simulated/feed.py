@@ -43,9 +43,7 @@ class SimulatedSession:
 
     async def unsubscribe(self, request: Subscriptions) -> SubscriptionAck:
         await anyio.lowlevel.checkpoint()
-        merged = {
-            c: s - request.symbols(c) for c, s in self._confirmed.by_channel.items()
-        }
+        merged = {c: s - request.symbols(c) for c, s in self._confirmed.by_channel.items()}
         self._confirmed = Subscriptions(merged)
         return SubscriptionAck(self._confirmed)
 
@@ -105,8 +103,17 @@ class SimulatedQuoteFeed:
         half = r.randint(1, 5)
         bid, ask = mid - half, mid + half
         return Quote(
-            symbol, bid / 100, r.randint(1, 10) * 100, ask / 100, r.randint(1, 10) * 100,
-            "V", "V", ("R",), "C", now_ns, now_ns,
+            symbol,
+            bid / 100,
+            r.randint(1, 10) * 100,
+            ask / 100,
+            r.randint(1, 10) * 100,
+            "V",
+            "V",
+            ("R",),
+            "C",
+            now_ns,
+            now_ns,
         )
 
     @asynccontextmanager

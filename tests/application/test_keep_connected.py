@@ -1,0 +1,148 @@
+"""Reconnection in virtual time: the seed's timeline, fatal errors, attempt limits, jitter."""
+
+from __future__ import annotations
+
+import itertools
+
+import anyio
+import pytest
+
+from adapters.clock import VirtualClock
+from adapters.memory import InMemoryEventBus, InMemoryPriceCache, ScriptedQuoteFeed
+from application.service import MarketDataService, ServiceConfig
+from domain.backoff import BackoffPolicy
+from domain.connection import ConnectionState
+from domain.errors import FatalFeedError, FeedUnavailable
+from tests.application.helpers import T0, eventually, quote
+
+SYMBOLS = frozenset({"AAPL", "MSFT", "BRK.B"})
+
+
+def make_service(
+    feed: ScriptedQuoteFeed,
+    cache: InMemoryPriceCache,
+    bus: InMemoryEventBus,
+    clock: VirtualClock,
+    **config: object,
+) -> MarketDataService:
+    cfg = ServiceConfig(static_symbols=SYMBOLS, symbol_limit=None, **config)  # type: ignore[arg-type]
+    return MarketDataService(feed, cache, bus, clock, cfg, rng=lambda: 0.5)
+
+
+async def test_seed_timeline_reconnects_at_5_15_35_75_and_resubscribes_everything(
+    feed: ScriptedQuoteFeed, cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    service = make_service(feed, cache, bus, clock)
+    with anyio.fail_after(1000):
+        async with anyio.create_task_group() as tg:
+            await tg.start(service.run)
+            await feed.wait_until(lambda: feed.subscribed() == SYMBOLS)
+            lost_at = anyio.current_time()
+            feed.fail_next_connect(times=3)
+            feed.drop_connection()
+            await feed.wait_until(lambda: len(feed.sessions) == 2 and feed.subscribed() == SYMBOLS)
+            offsets = [t - lost_at for t in feed.connect_times[1:]]
+            assert offsets == [5, 15, 35, 75]
+            assert service.status.state is ConnectionState.CONNECTED
+            assert service.status.reconnects == 4
+            # The new session got the whole set, not a diff.
+            assert feed.sessions[1].requests[0][1].symbols() == SYMBOLS
+            feed.push(quote("AAPL", 150.25, 150.27))
+            await eventually(lambda: "AAPL" in cache.values)
+            assert cache.values["AAPL"].mid == 150.26
+            tg.cancel_scope.cancel()
+
+
+async def test_fatal_error_stops_after_one_attempt(
+    feed: ScriptedQuoteFeed, cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    service = make_service(feed, cache, bus, clock)
+    feed.fail_next_connect(
+        FatalFeedError("auth failed", code=402, setting="ALPACA_API_KEY"), times=5
+    )
+    with anyio.fail_after(100), pytest.raises(FatalFeedError, match="ALPACA_API_KEY"):
+        await service.run()
+    assert len(feed.connect_times) == 1
+    assert service.status.state is ConnectionState.FAILED
+    assert service.status.fatal_error is not None and "auth failed" in service.status.fatal_error
+
+
+async def test_max_attempts_gives_up_with_a_fatal_error(
+    feed: ScriptedQuoteFeed, cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    service = make_service(feed, cache, bus, clock, backoff=BackoffPolicy(max_attempts=2))
+    feed.fail_next_connect(times=10)
+    with anyio.fail_after(1000), pytest.raises(FatalFeedError, match="MDS_RECONNECT_MAX_ATTEMPTS"):
+        await service.run()
+    # The first try plus two retries, at 0, 5 and 15 s.
+    assert [t - feed.connect_times[0] for t in feed.connect_times] == [0, 5, 15]
+
+
+async def test_jitter_scales_delay_by_the_injected_random_source_and_min_delay_wins(
+    feed: ScriptedQuoteFeed, cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    service = make_service(feed, cache, bus, clock, backoff=BackoffPolicy(jitter=True))
+    feed.fail_next_connect(times=2)
+    feed.fail_next_connect(FeedUnavailable("connection limit exceeded", code=406, min_delay=30.0))
+    with anyio.fail_after(1000):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service.run)
+            await feed.wait_until(lambda: feed.subscribed() == SYMBOLS)
+            t = feed.connect_times
+            # rng() = 0.5: 5 * 0.5, 10 * 0.5, then 20 * 0.5 = 10 < the 406's 30 s minimum.
+            assert [b - a for a, b in itertools.pairwise(t)] == [2.5, 5.0, 30.0]
+            tg.cancel_scope.cancel()
+
+
+async def test_attempt_counter_resets_after_a_healthy_minute(
+    feed: ScriptedQuoteFeed, cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    service = make_service(feed, cache, bus, clock)
+    with anyio.fail_after(1000):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service.run)
+            await feed.wait_until(lambda: feed.subscribed() == SYMBOLS)
+            feed.fail_next_connect(times=2)
+            feed.drop_connection()
+            await feed.wait_until(lambda: len(feed.sessions) == 2 and bool(feed.subscribed()))
+            assert service.status.reconnect_attempts == 3
+            await anyio.sleep(61)
+            feed.push(quote("AAPL", 1.0, 1.1, T0 + 1))
+            await eventually(lambda: service.status.reconnect_attempts == 0)
+            before = len(feed.connect_times)
+            dropped_at = anyio.current_time()
+            feed.drop_connection()
+            await feed.wait_until(lambda: len(feed.connect_times) == before + 1)
+            assert feed.connect_times[-1] - dropped_at == 5
+            tg.cancel_scope.cancel()
+
+
+async def test_venue_symbol_limit_keeps_the_best_ranked_and_reports_the_rest(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    feed = ScriptedQuoteFeed(clock, symbol_limit=2)
+    service = make_service(feed, cache, bus, clock)
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service.run)
+            await feed.wait_until(lambda: len(feed.subscribed()) == 2)
+            await anyio.sleep(1)
+            # Alphabetical within the static tier: AAPL, BRK.B win; MSFT is reported.
+            assert feed.subscribed() == {"AAPL", "BRK.B"}
+            assert service.status.left_out == ("MSFT",)
+            assert service.status.state is ConnectionState.CONNECTED
+            tg.cancel_scope.cancel()
+
+
+async def test_symbols_the_venue_does_not_confirm_are_reported_not_fatal(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    feed = ScriptedQuoteFeed(clock, unknown_symbols={"MSFT"})
+    service = make_service(feed, cache, bus, clock)
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service.run)
+            await feed.wait_until(lambda: feed.subscribed() == {"AAPL", "BRK.B"})
+            assert service.status.confirmed == {"AAPL", "BRK.B"}
+            assert service.status.connected
+            tg.cancel_scope.cancel()

@@ -1,0 +1,184 @@
+"""Streaming prices: exact mids, ordering, no-mid counting, conflation, store outage, flush."""
+
+from __future__ import annotations
+
+import anyio
+
+from adapters.clock import VirtualClock
+from adapters.memory import InMemoryEventBus, InMemoryPriceCache
+from application.status import ServiceStatus, StoreState
+from application.stream_prices import StreamMidPrices
+from domain.price import Price
+from tests.application.helpers import T0, eventually, quote
+
+
+class StalledCache(InMemoryPriceCache):
+    """A cache whose writes hang until ``release`` is set: the writer falls behind."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.release = anyio.Event()
+        self.batches: list[int] = []
+
+    async def put_many(self, prices):  # type: ignore[no-untyped-def]
+        await self.release.wait()
+        self.batches.append(len(prices))
+        return await super().put_many(prices)
+
+
+def make(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock, **kw: int
+) -> tuple[StreamMidPrices, ServiceStatus]:
+    status = ServiceStatus(started_at=0.0)
+    return StreamMidPrices(cache, bus, clock, status, **kw), status  # type: ignore[arg-type]
+
+
+async def test_every_price_is_written_and_published_in_order_while_the_writer_keeps_up(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    stream, status = make(cache, bus, clock)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stream.run)
+            for i in range(200):
+                stream.handle([quote(s, 100 + i / 100, 100.02 + i / 100, T0 + i) for s in "ABC"])
+                if i % 7 == 0:
+                    await anyio.lowlevel.checkpoint()
+            await stream.wait_idle()
+            tg.cancel_scope.cancel()
+    for symbol in "ABC":
+        seen = [p.ts_event_ns for p in bus.published if p.symbol == symbol]
+        assert seen == [T0 + i for i in range(200)]
+    assert status.counters["conflated"] == 0
+    assert status.counters["published"] == 600
+    assert cache.values["A"].mid == 102.0
+
+
+async def test_mid_is_exact_in_decimal_terms(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    stream, _ = make(cache, bus, clock)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stream.run)
+            stream.handle(
+                [
+                    quote("AAPL", 150.25, 150.27),
+                    quote("EUR", 1.0001, 1.0002),
+                    quote("X", 305.95, 305.97),
+                ]
+            )
+            await stream.wait_idle()
+            tg.cancel_scope.cancel()
+    assert b'"mid":150.26,' in cache.values["AAPL"].to_json()
+    assert b'"mid":1.00015,' in cache.values["EUR"].to_json()
+    assert b'"mid":305.96,' in cache.values["X"].to_json()
+
+
+async def test_empty_sides_and_crossed_quotes_are_counted_and_never_cached(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    stream, status = make(cache, bus, clock)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stream.run)
+            stream.handle(
+                [
+                    quote("A", 0.0, 10.0),
+                    quote("B", 10.0, 0.0),
+                    quote("C", 10.1, 10.0),
+                    quote("D", 10.0, 10.0),
+                ]
+            )
+            await stream.wait_idle()
+            tg.cancel_scope.cancel()
+    assert set(cache.values) == {"D"}  # a locked quote is a price
+    assert status.counters["no_mid_empty_bid"] == 1
+    assert status.counters["no_mid_empty_ask"] == 1
+    assert status.counters["no_mid_crossed"] == 1
+
+
+async def test_an_out_of_order_quote_is_refused(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    stream, status = make(cache, bus, clock)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stream.run)
+            stream.handle([quote("A", 10.0, 10.2, T0 + 2)])
+            await stream.wait_idle()
+            stream.handle([quote("A", 9.0, 9.2, T0 + 1)])
+            await stream.wait_idle()
+            tg.cancel_scope.cancel()
+    assert cache.values["A"].ts_event_ns == T0 + 2
+    assert [p.ts_event_ns for p in bus.published] == [T0 + 2]
+    assert status.counters["refused_older"] == 1
+
+
+async def test_a_stalled_writer_conflates_to_latest_per_symbol_with_memory_bounded(
+    bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    cache = StalledCache(clock)
+    stream, status = make(cache, bus, clock, max_pending=1_000)
+    symbols = [f"S{i}" for i in range(50)]
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stream.run)
+            peak = 0
+            for i in range(2_000):  # 100,000 quotes while the writer is stuck
+                stream.handle([quote(s, 10 + i / 100, 10.02 + i / 100, T0 + i) for s in symbols])
+                peak = max(peak, stream.pending)
+            assert peak <= 1_000 + len(symbols)
+            assert status.counters["conflated"] > 90_000
+            cache.release.set()
+            await stream.wait_idle()
+            tg.cancel_scope.cancel()
+    # The newest price of every symbol reached the cache; none older was written over it.
+    assert all(cache.values[s].ts_event_ns == T0 + 1_999 for s in symbols)
+    counted = status.counters
+    assert counted["prices_written"] + counted["conflated"] == 100_000
+
+
+async def test_store_outage_keeps_latest_and_writes_it_on_recovery(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    stream, status = make(cache, bus, clock, max_pending=100)
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stream.run)
+            cache.fail_writes = True
+            for i in range(1_000):
+                stream.handle([quote(s, 1 + i / 100, 1.01 + i / 100, T0 + i) for s in "XYZ"])
+                if i % 50 == 0:
+                    await anyio.sleep(0.1)
+                assert stream.pending <= 100 + 3
+            await eventually(lambda: status.store is StoreState.DEGRADED)
+            assert status.counters["cache_write_errors"] > 0
+            cache.fail_writes = False
+            recovered_at = anyio.current_time()
+            await eventually(lambda: status.store is StoreState.OK, step_s=0.001)
+            assert anyio.current_time() - recovered_at <= 1.0
+            await stream.wait_idle()
+            tg.cancel_scope.cancel()
+    assert {s: cache.values[s].ts_event_ns for s in "XYZ"} == {s: T0 + 999 for s in "XYZ"}
+
+
+async def test_flush_writes_pending_prices_at_shutdown(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    stream, _status = make(cache, bus, clock)
+    stream.handle([quote("A", 1.0, 1.2), quote("B", 2.0, 2.2)])
+    left = await stream.flush(1.0)
+    assert left == 0 and set(cache.values) == {"A", "B"}
+    assert isinstance(cache.values["A"], Price)
+
+
+async def test_flush_counts_what_could_not_be_written_by_the_deadline(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    stream, status = make(cache, bus, clock)
+    cache.fail_writes = True
+    stream.handle([quote("A", 1.0, 1.2)])
+    with anyio.fail_after(10):
+        left = await stream.flush(1.0)
+    assert left == 1 and status.counters["dropped"] == 1

@@ -1,0 +1,130 @@
+"""The exact mid, the no-mid rule and the Price JSON contract."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from domain.market import Quote
+from domain.price import NoMid, Price, exact_mid, price_from_quote
+from domain.timestamps import format_ns, parse_rfc3339_ns
+
+
+def q(bid: float, ask: float, ts: int = 1_614_009_105_335_689_322) -> Quote:
+    return Quote("AAPL", bid, 1, ask, 2, "V", "Q", ("R",), "C", ts, ts + 5)
+
+
+@pytest.mark.parametrize(
+    ("bid", "ask", "mid"),
+    [
+        (150.25, 150.27, "150.26"),
+        (1.0001, 1.0002, "1.00015"),
+        (305.95, 305.97, "305.96"),
+        (0.0001, 0.0002, "0.00015"),
+        (99999.99, 100000.01, "100000.0"),
+        (5.0, 5.0, "5.0"),
+    ],
+)
+def test_mid_is_the_exact_decimal_midpoint(bid: float, ask: float, mid: str) -> None:
+    assert repr(exact_mid(bid, ask)) == mid
+
+
+# Prices as venues quote them: up to 4 decimals (sub-penny), up to 9 for crypto-like prices.
+decimals = st.builds(
+    lambda units, places: Decimal(units).scaleb(-places),
+    st.integers(min_value=1, max_value=10**12),
+    st.integers(min_value=0, max_value=9),
+).filter(lambda d: d < Decimal(10**9))
+
+
+@given(decimals, decimals)
+def test_mid_equals_decimal_arithmetic_for_any_quoted_prices(a: Decimal, b: Decimal) -> None:
+    bid, ask = float(a), float(b)
+    exact = (Decimal(repr(bid)) + Decimal(repr(ask))) / 2
+    assert exact_mid(bid, ask) == float(exact)  # the double nearest the exact decimal
+    if len(exact.normalize().as_tuple().digits) <= 15:
+        assert Decimal(repr(exact_mid(bid, ask))) == exact  # and it prints as that decimal
+
+
+def test_no_mid_rule() -> None:
+    assert price_from_quote(q(0.0, 10.0)) is NoMid.EMPTY_BID
+    assert price_from_quote(q(10.0, 0.0)) is NoMid.EMPTY_ASK
+    assert price_from_quote(q(10.01, 10.0)) is NoMid.CROSSED
+    locked = price_from_quote(q(10.0, 10.0))
+    assert isinstance(locked, Price) and locked.mid == 10.0
+
+
+def test_price_json_is_the_contract() -> None:
+    price = price_from_quote(q(150.25, 150.27))
+    assert isinstance(price, Price)
+    raw = price.to_json()
+    obj = orjson.loads(raw)
+    assert list(obj) == ["symbol", "bid", "ask", "mid", "timestamp", "exchange"]
+    assert obj == {
+        "symbol": "AAPL",
+        "bid": 150.25,
+        "ask": 150.27,
+        "mid": 150.26,
+        "timestamp": "2021-02-22T15:51:45.335689322Z",
+        "exchange": "V",
+    }
+    assert datetime.fromisoformat(obj["timestamp"]) == datetime(
+        2021, 2, 22, 15, 51, 45, 335689, tzinfo=UTC
+    )
+    assert Price.from_json(raw) == price  # nanoseconds survive the round trip
+
+
+def test_from_json_names_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match="mid"):
+        Price.from_json(
+            b'{"symbol":"A","bid":1,"ask":2,"mid":"x","timestamp":'
+            b'"2021-02-22T15:51:45Z","exchange":"V"}'
+        )
+    with pytest.raises(ValueError):
+        Price.from_json(b"not json")
+
+
+def test_odd_exchange_codes_stay_valid_json() -> None:
+    price = Price("A", 1.0, 2.0, 1.5, 0, 'we"ird\\')
+    assert orjson.loads(price.to_json())["exchange"] == 'we"ird\\'
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800 * 10**9))
+def test_timestamps_round_trip_and_sort_as_text(ns: int) -> None:
+    text = format_ns(ns)
+    assert parse_rfc3339_ns(text) == ns
+    assert len(text) == 30
+    assert format_ns(ns) < format_ns(ns + 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        ("2021-02-22T15:51:45.335689322Z", 1_614_009_105_335_689_322),
+        ("2021-02-22T15:51:44.208Z", 1_614_009_104_208_000_000),
+        ("2021-02-22T19:15:00Z", 1_614_021_300_000_000_000),
+        ("2021-02-22T19:15:00.5+00:00", 1_614_021_300_500_000_000),
+    ],
+)
+def test_rfc3339_with_0_to_9_fraction_digits(text: str, ns: int) -> None:
+    assert parse_rfc3339_ns(text) == ns
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "2021-02-22",
+        "2021-02-22T19:15:00+01:00",
+        "2021-02-22T19:15:00.1234567890Z",
+        "2021-02-22T19:15:00.x1Z",
+    ],
+)
+def test_bad_timestamps_raise(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_rfc3339_ns(bad)

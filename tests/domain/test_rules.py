@@ -1,0 +1,138 @@
+"""Symbols, staleness, the subscription diff, backoff and connection states."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from domain.backoff import BackoffPolicy, ReconnectBackoff
+from domain.connection import ConnectionState as S
+from domain.connection import ConnectionStateMachine
+from domain.errors import FatalFeedError, IllegalTransition, InvalidSymbol
+from domain.price import Price
+from domain.staleness import AgedPrice, age_seconds, is_stale
+from domain.subscriptions import plan_subscriptions
+from domain.symbols import normalize_symbol, parse_symbol_list, validate_symbol
+
+
+@pytest.mark.parametrize("ok", ["AAPL", "BRK.B", "BTC/USD", "FAKEPACA", "A", "AAPL240119C00100000"])
+def test_valid_symbols(ok: str) -> None:
+    assert validate_symbol(ok) == ok
+
+
+@pytest.mark.parametrize("bad", ["", "aapl", "AAPL ", "A$", ".A", "X" * 22, "ÄPFEL", "*"])
+def test_invalid_symbols_name_the_symbol(bad: str) -> None:
+    with pytest.raises(InvalidSymbol) as info:
+        validate_symbol(bad)
+    assert repr(bad) in str(info.value)
+
+
+def test_symbol_lists_are_normalised() -> None:
+    assert parse_symbol_list(" aapl, msft ,,BRK.B") == {"AAPL", "MSFT", "BRK.B"}
+    assert normalize_symbol(" spy ") == "SPY"
+    with pytest.raises(InvalidSymbol, match="'A\\$'"):
+        parse_symbol_list("AAPL,a$")
+
+
+def test_staleness() -> None:
+    price = Price("A", 1.0, 2.0, 1.5, 1_000_000_000_000, "V")
+    assert age_seconds(price, 1_000_000_000_000 + 300 * 10**9) == 300
+    assert not is_stale(price, 1_000_000_000_000 + 300 * 10**9)
+    assert is_stale(price, 1_000_000_000_000 + 300 * 10**9 + 1)
+    aged = AgedPrice.at(price, 1_000_000_000_000 + 5 * 10**9, max_age_s=4)
+    assert aged.age_s == 5 and aged.stale
+
+
+def test_diff_adds_and_removes() -> None:
+    plan = plan_subscriptions({"AAPL", "NVDA"}, {"SPY"}, {"AAPL", "TSLA"})
+    assert plan.to_add == {"NVDA", "SPY"} and plan.to_remove == {"TSLA"}
+    assert plan.target == {"AAPL", "NVDA", "SPY"} and plan.left_out == ()
+
+
+def test_capacity_rule_positions_then_current_then_alphabetical() -> None:
+    plan = plan_subscriptions({"ZZZ", "MMM"}, {"AAA", "BBB", "CCC"}, {"CCC"}, capacity=4)
+    assert plan.target == {"ZZZ", "MMM", "CCC", "AAA"}
+    assert plan.left_out == ("BBB",)
+
+
+symbol_sets = st.frozensets(st.sampled_from([f"S{i}" for i in range(40)]), max_size=40)
+
+
+@given(symbol_sets, symbol_sets, symbol_sets, st.none() | st.integers(0, 45))
+def test_diff_properties(
+    held: frozenset[str], static: frozenset[str], current: frozenset[str], cap: int | None
+) -> None:
+    plan = plan_subscriptions(held, static, current, cap)
+    desired = held | static
+    assert plan.target <= desired
+    assert (current | plan.to_add) - plan.to_remove == plan.target
+    assert not plan.to_add & current and plan.to_remove <= current
+    assert set(plan.left_out) | plan.target == desired
+    assert not set(plan.left_out) & plan.target
+    if cap is not None:
+        assert len(plan.target) == min(cap, len(desired))
+        # A held symbol never loses to one that is only watched.
+        assert not (set(plan.left_out) & held and plan.target - held)
+    assert plan == plan_subscriptions(held, static, current, cap)  # deterministic
+
+
+def test_backoff_sequence() -> None:
+    policy = BackoffPolicy()
+    assert [policy.next_delay(n) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
+    assert BackoffPolicy(max_attempts=2).next_delay(3) is None
+
+
+@given(
+    st.integers(1, 10_000),
+    st.floats(0, 1, exclude_max=True),
+    st.floats(0.1, 10),
+    st.floats(10, 1000),
+)
+def test_backoff_bounds(attempt: int, r: float, base: float, cap: float) -> None:
+    policy = BackoffPolicy(base_s=base, cap_s=cap, jitter=True)
+    delay = policy.next_delay(attempt, lambda: r)
+    assert delay is not None and 0 <= delay <= cap
+    plain = BackoffPolicy(base_s=base, cap_s=cap).next_delay(attempt)
+    assert plain is not None and base <= plain <= cap
+
+
+def test_backoff_resets_after_a_healthy_period() -> None:
+    tracker = ReconnectBackoff(BackoffPolicy(reset_after_s=60))
+    assert [tracker.on_failure() for _ in range(3)] == [5, 10, 20]
+    tracker.on_connected(100.0)
+    assert not tracker.healthy_at(159.9) and tracker.attempts == 3
+    assert tracker.healthy_at(160.0) and tracker.attempts == 0
+    assert tracker.on_failure() == 5
+
+
+def test_bad_policies_are_refused() -> None:
+    for kwargs in ({"base_s": 0}, {"base_s": 10, "cap_s": 5}, {"max_attempts": 0}):
+        with pytest.raises(ValueError):
+            BackoffPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_connection_states() -> None:
+    machine = ConnectionStateMachine()
+    for state in (
+        S.CONNECTING,
+        S.AUTHENTICATING,
+        S.CONNECTED,
+        S.DISCONNECTED,
+        S.CONNECTING,
+        S.DISCONNECTED,
+        S.CONNECTING,
+        S.FAILED,
+    ):
+        machine.to(state)
+    assert machine.failed
+    with pytest.raises(IllegalTransition):
+        machine.to(S.CONNECTING)
+    with pytest.raises(IllegalTransition):
+        ConnectionStateMachine().to(S.CONNECTED)
+
+
+def test_fatal_error_names_the_setting() -> None:
+    assert "check ALPACA_API_KEY" in str(
+        FatalFeedError("auth failed", code=402, setting="ALPACA_API_KEY")
+    )
