@@ -130,6 +130,15 @@ class KeepConnected:
         ``task_status.started()`` is called once the first session is connected and
         subscribed.
         """
+        try:
+            await self._run(task_status)
+        finally:
+            # Cancelled (shutdown, or leadership lost): not connected any more.
+            if not self._status.connection.failed:
+                self._status.confirmed = frozenset()
+                self._status.set_state(ConnectionState.DISCONNECTED)
+
+    async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         status = self._status
         started = False
         while True:

@@ -1,0 +1,115 @@
+"""Active/standby: only the holder of a lease runs the feed (Alpaca allows one connection).
+
+**Fencing rules.**
+1. The lease is written for ``hold_s = ttl_s - retry_s`` and renewed every ``hold_s / 3``. A
+   leader takes its lease to end ``hold_s`` after the moment it *sent* its last successful
+   renewal (or acquisition) — never later, whatever the store says afterwards. Standbys poll
+   every ``retry_s`` (``ttl_s / 10``), so one takes over at most ``ttl_s`` after a leader dies.
+2. A leader whose renewal fails, errs, or does not answer stops leading at once; in any case its
+   leading scope is cancelled ``margin_s`` before the end computed in rule 1. Cancelling closes
+   the feed session (close frame) and flushes pending writes.
+3. A standby takes the lease only after the store let it expire (or the leader released it), so
+   the old leader has closed its connection before a new one can open: they never hold Alpaca's
+   single slot together (no 406 between them).
+4. Prices written by a stale leader cannot overwrite newer ones: cache writes are latest-wins on
+   the server, so the fencing token need not travel with every write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.abc
+
+from ports.clock import Clock
+from ports.lease import Lease
+
+from application.status import Role, ServiceStatus
+
+log = logging.getLogger(__name__)
+
+
+class LeaderElection:
+    def __init__(
+        self,
+        lease: Lease,
+        clock: Clock,
+        status: ServiceStatus,
+        *,
+        ttl_s: float = 10.0,
+        margin_s: float | None = None,
+        retry_s: float | None = None,
+    ) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+        self._lease = lease
+        self._clock = clock
+        self._status = status
+        self.ttl_s = ttl_s
+        # A standby polls every retry_s and the lease is written for hold_s = ttl_s - retry_s,
+        # so a standby takes over at most ttl_s after the leader's last renewal.
+        self.retry_s = retry_s if retry_s is not None else ttl_s / 10
+        self.hold_s = ttl_s - self.retry_s
+        self.renew_every_s = self.hold_s / 3
+        self.margin_s = margin_s if margin_s is not None else ttl_s / 20
+        self.terms = 0
+
+    async def run(
+        self,
+        lead: Callable[[], Awaitable[None]],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Stand by until the lease is ours, then run ``lead()`` while it stays ours; repeat.
+
+        ``lead`` is cancelled when leadership ends. Errors from ``lead`` propagate.
+        """
+        status = self._status
+        status.role = Role.STANDBY
+        task_status.started()
+        while True:
+            sent_at = self._clock.monotonic()
+            try:
+                token = await self._lease.acquire(self.hold_s)
+            except ConnectionError as e:
+                log.warning("lease store unreachable, standing by: %s", e)
+                token = None
+            if token is None:
+                await anyio.sleep(self.retry_s)
+                continue
+            self.terms += 1
+            status.role = Role.LEADER
+            log.info("became leader (fencing token %d)", token)
+            try:
+                await self._lead(lead, token, sent_at)
+            finally:
+                status.role = Role.STANDBY
+                log.warning("leadership ended (token %d); standing by", token)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                    try:
+                        await self._lease.release(token)
+                    except ConnectionError:
+                        pass  # it expires by itself
+
+    async def _lead(self, lead: Callable[[], Awaitable[None]], token: int, sent_at: float) -> None:
+        ends_at = sent_at + self.hold_s - self.margin_s
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lead)
+            while True:
+                next_renewal = min(self._clock.monotonic() + self.renew_every_s, ends_at)
+                await anyio.sleep(max(0.0, next_renewal - self._clock.monotonic()))
+                if self._clock.monotonic() >= ends_at:
+                    break
+                sent_at = self._clock.monotonic()
+                renewed = False
+                with anyio.move_on_after(max(0.0, ends_at - sent_at)):
+                    try:
+                        renewed = await self._lease.renew(token, self.hold_s)
+                    except ConnectionError as e:
+                        log.warning("lease renewal failed: %s", e)
+                if not renewed:
+                    break
+                ends_at = sent_at + self.hold_s - self.margin_s
+            tg.cancel_scope.cancel()
