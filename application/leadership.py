@@ -17,16 +17,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 import anyio.abc
 
+from application.status import Role, ServiceStatus
 from ports.clock import Clock
 from ports.lease import Lease
-
-from application.status import Role, ServiceStatus
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class LeaderElection:
 
     async def run(
         self,
-        lead: Callable[[], Awaitable[None]],
+        lead: Callable[[], Coroutine[Any, Any, None]],
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -87,13 +88,16 @@ class LeaderElection:
             finally:
                 status.role = Role.STANDBY
                 log.warning("leadership ended (token %d); standing by", token)
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                    try:
-                        await self._lease.release(token)
-                    except ConnectionError:
-                        pass  # it expires by itself
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(1.0),
+                    contextlib.suppress(ConnectionError),  # then it expires by itself
+                ):
+                    await self._lease.release(token)
 
-    async def _lead(self, lead: Callable[[], Awaitable[None]], token: int, sent_at: float) -> None:
+    async def _lead(
+        self, lead: Callable[[], Coroutine[Any, Any, None]], token: int, sent_at: float
+    ) -> None:
         ends_at = sent_at + self.hold_s - self.margin_s
         async with anyio.create_task_group() as tg:
             tg.start_soon(lead)

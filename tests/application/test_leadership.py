@@ -58,6 +58,10 @@ class Instance:
         self.scope.cancel()
 
 
+def role(instance: Instance) -> Role:
+    return instance.service.status.role
+
+
 def overlap_free(a: Instance, b: Instance) -> bool:
     return not (a.feed.current is not None and b.feed.current is not None)
 
@@ -83,7 +87,7 @@ async def test_only_one_instance_connects_and_a_standby_takes_over_within_the_tt
             await eventually(lambda: b.feed.subscribed() == SYMBOLS)
             assert anyio.current_time() - killed_at <= 10.0
             assert b.feed.connect_times[0] >= expiry  # never both at once
-            assert b.service.status.role is Role.LEADER
+            assert role(b) is Role.LEADER
             b.feed.push(quote("AAPL", 10.0, 10.02, T0 + 5))
             await eventually(lambda: "AAPL" in cache.values)
             tg.cancel_scope.cancel()
@@ -103,7 +107,7 @@ async def test_a_leader_that_cannot_renew_closes_its_connection_before_the_lease
             expiry = lease.expires_at
             await eventually(lambda: a.feed.current is None)
             assert anyio.current_time() < expiry  # closed before the lease ran out
-            assert a.service.status.role is Role.STANDBY
+            assert role(a) is Role.STANDBY
             lease.fail = False
             await eventually(lambda: a.feed.current is not None or b.feed.current is not None)
             await anyio.sleep(30)
