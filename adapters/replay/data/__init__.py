@@ -1,0 +1,1 @@
+"""Recordings shipped with the package (``sample.jsonl.gz``), read via importlib.resources."""
