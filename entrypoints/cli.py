@@ -1,0 +1,262 @@
+"""``mds``: the one console command. ``mds COMMAND --help`` documents each command.
+
+- ``run``            the service (the same as ``python entrypoints/service.py``)
+- ``stream-server``  the local Alpaca-compatible stream server (paper mode, tests, benchmarks)
+- ``record``         record a live stream's raw frames to a file, the input of replay mode
+- ``replay``         run the service on a recording (``MDS_FEED=replay``)
+- ``price``          the cached prices of some symbols, from Redis, with age and staleness
+- ``watch``          a live terminal table of bid/ask/mid/age from Redis pub/sub
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+COMMANDS = ("run", "stream-server", "record", "replay", "price", "watch")
+
+
+def _settings_or_exit() -> object:
+    from entrypoints.settings import SettingsError, load_settings
+
+    try:
+        return load_settings()
+    except SettingsError as e:
+        print(f"mds: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_record(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mds record",
+        description=(
+            "Record the raw frames of an Alpaca(-compatible) stream to FILE (JSON lines with the "
+            "receive time; gzip when FILE ends in .gz). Uses ALPACA_STREAM_URL, ALPACA_API_KEY, "
+            "ALPACA_SECRET_KEY and ALPACA_STREAM_FORMAT. Replay it with `mds replay FILE`."
+        ),
+    )
+    parser.add_argument("file", help="output file (.jsonl or .jsonl.gz)")
+    parser.add_argument("symbols", nargs="+", help="symbols to subscribe (quotes)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long to record")
+    args = parser.parse_args(argv)
+
+    import dataclasses
+    from pathlib import Path
+
+    import anyio
+
+    from adapters.alpaca.feed import AlpacaQuoteFeed, record_stream
+    from domain.errors import FeedError
+    from domain.market import Subscriptions
+    from domain.symbols import normalize_symbol
+    from entrypoints.container import alpaca_feed_config
+    from entrypoints.settings import Settings
+
+    settings = _settings_or_exit()
+    assert isinstance(settings, Settings)
+    if not settings.has_alpaca_keys:
+        print("mds record: set ALPACA_API_KEY and ALPACA_SECRET_KEY", file=sys.stderr)
+        return 2
+    config = dataclasses.replace(alpaca_feed_config(settings), record_path=Path(args.file))
+    symbols = {normalize_symbol(s) for s in args.symbols}
+
+    async def main() -> None:
+        stats = await record_stream(
+            AlpacaQuoteFeed(config), Subscriptions.quotes(symbols), args.seconds
+        )
+        print(f"recorded {stats.frames} frames ({sum(stats.messages.values())} messages)")
+
+    try:
+        anyio.run(main, backend="trio")
+    except FeedError as e:
+        print(f"mds record: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_replay(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mds replay",
+        description="Run the service on a recording (sets MDS_FEED=replay and MDS_REPLAY_FILE).",
+    )
+    parser.add_argument("file", nargs="?", help="the recording (default: the bundled sample)")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="speed factor: 1 real time, 10 ten times faster, 0 as fast as possible",
+    )
+    args = parser.parse_args(argv)
+    os.environ["MDS_FEED"] = "replay"
+    if args.file:
+        os.environ["MDS_REPLAY_FILE"] = args.file
+    if args.speed is not None:
+        os.environ["MDS_REPLAY_SPEED"] = str(args.speed)
+    from entrypoints.service import main
+
+    return main([])
+
+
+def _reader_from_settings() -> object:
+    from adapters.redis import PriceReader
+    from entrypoints.settings import Settings
+
+    settings = _settings_or_exit()
+    assert isinstance(settings, Settings)
+    if settings.redis_mode == "memory":
+        print("mds: set REDIS_URL (the service's Redis) to read prices", file=sys.stderr)
+        raise SystemExit(2)
+    return PriceReader(
+        settings.redis_url or "redis://",
+        mode={"single": "standalone"}.get(settings.redis_mode, settings.redis_mode),
+        sentinels=[str(s) for s in settings.redis_sentinels],
+        master_name=settings.redis_master,
+        max_age_s=settings.price_ttl_s,
+    )
+
+
+def cmd_price(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mds price",
+        description="Print the cached price of each SYMBOL from Redis (REDIS_URL) with its age "
+        "and stale flag (stale: older than MDS_PRICE_TTL). Exit 1 if any symbol has no price.",
+    )
+    parser.add_argument("symbols", nargs="+")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    args = parser.parse_args(argv)
+
+    import orjson
+
+    from adapters.redis import PriceReader
+    from domain.errors import InvalidSymbol
+    from domain.symbols import normalize_symbol
+
+    try:
+        symbols = [normalize_symbol(s) for s in args.symbols]
+    except InvalidSymbol as e:
+        print(f"mds price: {e}", file=sys.stderr)
+        return 2
+    reader = _reader_from_settings()
+    assert isinstance(reader, PriceReader)
+    with reader:
+        try:
+            found = reader.get_many_sync(symbols)
+        except ConnectionError as e:
+            print(f"mds price: Redis unavailable: {e}", file=sys.stderr)
+            return 3
+    for symbol in symbols:
+        aged = found.get(symbol)
+        if aged is None:
+            print(f"{symbol}: no price", file=sys.stderr)
+            continue
+        p = aged.price
+        if args.json:
+            obj = orjson.loads(p.to_json())
+            obj.update(age_s=round(aged.age_s, 3), stale=aged.stale)
+            print(orjson.dumps(obj).decode())
+        else:
+            flag = "  STALE" if aged.stale else ""
+            print(
+                f"{symbol:<10} bid {p.bid!r:>12} ask {p.ask!r:>12} mid {p.mid!r:>12} "
+                f"age {aged.age_s:8.3f}s  {p.timestamp}{flag}"
+            )
+    return 0 if len(found) == len(symbols) else 1
+
+
+def cmd_watch(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mds watch",
+        description="A live table of bid/ask/mid/age for SYMBOLs from Redis pub/sub "
+        "(price.updated.{SYMBOL}); Ctrl-C to stop.",
+    )
+    parser.add_argument("symbols", nargs="+")
+    args = parser.parse_args(argv)
+
+    import time
+
+    import anyio
+    from rich.live import Live
+    from rich.table import Table
+
+    from adapters.redis import PriceReader
+    from domain.price import Price
+    from domain.staleness import AgedPrice
+    from domain.symbols import normalize_symbol
+
+    symbols = [normalize_symbol(s) for s in args.symbols]
+    reader = _reader_from_settings()
+    assert isinstance(reader, PriceReader)
+    latest: dict[str, Price] = {}
+    counts: dict[str, int] = dict.fromkeys(symbols, 0)
+
+    def table() -> Table:
+        t = Table(title="market-data-service prices")
+        for col in ("symbol", "bid", "ask", "mid", "age", "updates"):
+            t.add_column(col, justify="right")
+        now = time.time_ns()
+        for s in symbols:
+            p = latest.get(s)
+            if p is None:
+                t.add_row(s, "-", "-", "-", "-", "0")
+                continue
+            aged = AgedPrice.at(p, now, reader.max_age_s)
+            age = f"[red]{aged.age_s:.1f}s[/red]" if aged.stale else f"{aged.age_s:.3f}s"
+            t.add_row(s, repr(p.bid), repr(p.ask), repr(p.mid), age, str(counts[s]))
+        return t
+
+    async def main() -> None:
+        with reader:
+            latest.update({s: a.price for s, a in (await reader.get_many(symbols)).items()})
+            with Live(table(), refresh_per_second=4) as live:
+                async with reader.subscribe(symbols) as updates, anyio.create_task_group() as tg:
+
+                    async def refresh() -> None:
+                        while True:
+                            await anyio.sleep(0.25)
+                            live.update(table())
+
+                    tg.start_soon(refresh)
+                    async for price in updates:
+                        latest[price.symbol] = price
+                        counts[price.symbol] += 1
+
+    try:
+        anyio.run(main, backend="trio")
+    except KeyboardInterrupt:
+        pass
+    except ConnectionError as e:
+        print(f"mds watch: Redis unavailable: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "run":
+        from entrypoints.service import main as run_main
+
+        return run_main(rest)
+    if command == "stream-server":
+        from adapters.alpaca_compatible_server.__main__ import main as server_main
+
+        return int(server_main(rest) or 0)
+    if command == "record":
+        return cmd_record(rest)
+    if command == "replay":
+        return cmd_replay(rest)
+    if command == "price":
+        return cmd_price(rest)
+    if command == "watch":
+        return cmd_watch(rest)
+    print(f"mds: unknown command {command!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The one dependency-injector container: which adapter serves which port, from the settings.
+
+Synchronous on purpose: dependency-injector's async providers assume asyncio and fail under
+trio. The container only constructs objects; connections are opened with ``async with`` by
+:mod:`entrypoints.service`, which then overrides ``cache`` and ``bus`` (Redis or memory).
+Tests override any provider: ``container.feed.override(providers.Object(fake))``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dependency_injector import containers, providers
+
+from adapters.alpaca.config import AlpacaFeedConfig, Secret
+from adapters.alpaca.feed import AlpacaQuoteFeed
+from adapters.clock import SystemClock
+from adapters.http.position_source import AlpacaPositionSource, GatewayPositionSource
+from adapters.memory import InMemoryEventBus, InMemoryPriceCache
+from adapters.simulated import SimulatedQuoteFeed
+from application.service import MarketDataService, ServiceConfig
+from application.stream_prices import StreamObserver
+from domain.backoff import BackoffPolicy
+from entrypoints.settings import Settings
+from ports.clock import Clock
+from ports.event_bus import EventBus
+from ports.position_source import PositionSource
+from ports.price_cache import PriceCache
+from ports.quote_feed import QuoteFeed
+
+
+def alpaca_feed_config(settings: Settings) -> AlpacaFeedConfig:
+    if settings.alpaca_api_key is None or settings.alpaca_secret_key is None:
+        raise ValueError("ALPACA_API_KEY and ALPACA_SECRET_KEY are required for MDS_FEED=alpaca")
+    return AlpacaFeedConfig(
+        api_key=Secret(settings.alpaca_api_key.get_secret_value()),
+        secret_key=Secret(settings.alpaca_secret_key.get_secret_value()),
+        url=settings.stream_url,
+        fmt=settings.stream_format,
+        data_watchdog_s=settings.data_timeout_s or None,
+        allow_insecure=settings.allow_insecure_ws,
+        record_path=settings.record_file,
+    )
+
+
+def make_alpaca_feed(settings: Settings, clock: Clock) -> AlpacaQuoteFeed:
+    return AlpacaQuoteFeed(alpaca_feed_config(settings), now_ns=clock.now_ns)
+
+
+def make_replay_feed(settings: Settings, clock: Clock) -> QuoteFeed:
+    from adapters.replay import ReplayQuoteFeed
+
+    return ReplayQuoteFeed(
+        Path(settings.replay_file), speed=settings.replay_speed, now_ns=clock.now_ns
+    )
+
+
+def make_position_source(settings: Settings) -> PositionSource | None:
+    if settings.position_source == "gateway":
+        assert settings.positions_url is not None  # checked by Settings
+        return GatewayPositionSource(settings.positions_url)
+    if settings.position_source == "alpaca":
+        assert settings.alpaca_api_key is not None and settings.alpaca_secret_key is not None
+        return AlpacaPositionSource(
+            settings.trading_url,
+            settings.alpaca_api_key.get_secret_value(),
+            settings.alpaca_secret_key.get_secret_value(),
+        )
+    return None
+
+
+def service_config(settings: Settings) -> ServiceConfig:
+    return ServiceConfig(
+        static_symbols=settings.symbols,
+        sync_interval_s=settings.position_sync_interval_s,
+        symbol_limit=settings.symbol_limit,
+        backoff=BackoffPolicy(
+            base_s=settings.reconnect_base_delay_s,
+            cap_s=settings.reconnect_max_delay_s,
+            max_attempts=settings.reconnect_max_attempts,
+            jitter=settings.reconnect_jitter,
+        ),
+    )
+
+
+class Container(containers.DeclarativeContainer):
+    settings = providers.Dependency(instance_of=Settings)
+    clock: providers.Provider[Clock] = providers.Singleton(SystemClock)
+
+    feed: providers.Provider[QuoteFeed] = providers.Selector(
+        settings.provided.feed,
+        alpaca=providers.Singleton(make_alpaca_feed, settings, clock),
+        sim=providers.Singleton(
+            SimulatedQuoteFeed,
+            clock,
+            rate_per_s=settings.provided.sim_rate,
+            symbol_limit=settings.provided.symbol_limit,
+        ),
+        replay=providers.Singleton(make_replay_feed, settings, clock),
+    )
+
+    # The embedded default; entrypoints.service overrides both with Redis when REDIS_URL is set.
+    cache: providers.Provider[PriceCache] = providers.Singleton(
+        InMemoryPriceCache, clock, ttl_s=settings.provided.price_ttl_s
+    )
+    bus: providers.Provider[EventBus] = providers.Singleton(InMemoryEventBus, keep=1_000)
+
+    positions: providers.Provider[PositionSource | None] = providers.Singleton(
+        make_position_source, settings
+    )
+    config: providers.Provider[ServiceConfig] = providers.Singleton(service_config, settings)
+    observer: providers.Provider[StreamObserver | None] = providers.Object(None)
+
+    service: providers.Provider[MarketDataService] = providers.Singleton(
+        MarketDataService,
+        feed,
+        cache,
+        bus,
+        clock,
+        config,
+        positions=positions,
+        observer=observer,
+    )
