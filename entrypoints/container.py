@@ -51,7 +51,10 @@ def make_replay_feed(settings: Settings, clock: Clock) -> QuoteFeed:
     from adapters.replay import ReplayQuoteFeed
 
     return ReplayQuoteFeed(
-        Path(settings.replay_file), speed=settings.replay_speed, now_ns=clock.now_ns
+        Path(settings.replay_file),
+        speed=settings.replay_speed,
+        hold_at_end=True,
+        now_ns=clock.now_ns,
     )
 
 

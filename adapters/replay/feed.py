@@ -114,6 +114,10 @@ class ReplaySession:
                             yield wanted
             except (OSError, EOFError) as e:
                 raise FeedDisconnected(f"cannot read the recording {feed.name}: {e}") from e
+            if feed.hold_at_end and first_ns is not None and not feed.loop:
+                # A service replaying a file: the recording is over, the prices stand.
+                log.info("end of recording %s: holding the last prices", feed.name)
+                await anyio.sleep_forever()
             if not feed.loop or first_ns is None:
                 raise FeedDisconnected(
                     "end of recording" if first_ns is not None else "empty recording"
@@ -127,7 +131,8 @@ class ReplayQuoteFeed:
 
     ``speed``: 1.0 replays in real time (from the recorded receive times), 10.0 ten times
     faster, 0 or ``inf`` as fast as possible. ``loop``: start over at the end instead of raising
-    ``FeedDisconnected("end of recording")``. ``now_ns`` stamps receive times (pass
+    ``FeedDisconnected("end of recording")``. ``hold_at_end``: stay connected and quiet at the
+    end instead (the service's replay mode: the last prices stand). ``now_ns`` stamps receive times (pass
     ``clock.now_ns`` of a ``ports.clock.Clock`` to drive it from a test clock). Pacing uses
     ``anyio.sleep``, so trio's MockClock runs a replay in virtual time. Raises
     ``FileNotFoundError`` at construction when there is no such file. The file is read lazily,
@@ -141,6 +146,7 @@ class ReplayQuoteFeed:
         *,
         speed: float = 1.0,
         loop: bool = False,
+        hold_at_end: bool = False,
         now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         if math.isnan(speed) or speed < 0:
@@ -150,6 +156,7 @@ class ReplayQuoteFeed:
         self.source = source
         self.speed = speed
         self.loop = loop
+        self.hold_at_end = hold_at_end
         self.now_ns = now_ns
         self.paced = 0 < speed < math.inf
         self.name = source.name

@@ -161,3 +161,16 @@ async def test_a_closed_session_refuses_changes() -> None:
         pass
     with pytest.raises(FeedDisconnected):
         await session.subscribe(Subscriptions.quotes({"AAPL"}))
+
+
+async def test_hold_at_end_keeps_the_session_open_after_the_last_frame() -> None:
+    feed = ReplayQuoteFeed(sample_recording(), speed=0, hold_at_end=True)
+    symbols = {"AAPL", "MSFT", "SPY", "BRK.B"}
+    quotes = 0
+    with trio.move_on_after(3600) as scope:  # virtual time: the hold lasts until cancelled
+        async with feed.connect() as session:
+            await session.subscribe(Subscriptions.quotes(symbols))
+            async for batch in session.events():
+                quotes += len(batch)
+    assert scope.cancelled_caught  # never raised "end of recording"
+    assert quotes == 600
