@@ -133,8 +133,8 @@ class ReplayQuoteFeed:
     faster, 0 or ``inf`` as fast as possible. ``loop``: start over at the end instead of raising
     ``FeedDisconnected("end of recording")``. ``hold_at_end``: stay connected and quiet at the
     end instead (the service's replay mode: the last prices stand). ``now_ns`` stamps receive
-    times (pass ``clock.now_ns`` of a ``ports.clock.Clock`` to drive it from a test clock). Pacing uses
-    ``anyio.sleep``, so trio's MockClock runs a replay in virtual time. Raises
+    times (pass ``clock.now_ns`` of a ``ports.clock.Clock`` to drive it from a test clock).
+    Pacing uses ``anyio.sleep``, so trio's MockClock runs a replay in virtual time. Raises
     ``FileNotFoundError`` at construction when there is no such file. The file is read lazily,
     line by line, in the event loop (recordings are small; a read error ends the session with
     ``FeedDisconnected``).
