@@ -1,0 +1,142 @@
+"""PriceReader: how consumer services read the prices market-data-service keeps in Redis.
+
+Public API (other services import it)::
+
+    from adapters.redis.reader import PriceReader
+
+    async with PriceReader("redis://localhost:6379/0") as reader:   # trio, anyio or asyncio
+        aged = await reader.get("AAPL")                # AgedPrice | None
+        if aged is not None and not aged.stale:
+            use(aged.price.mid)
+        many = await reader.get_many(["AAPL", "MSFT"])  # dict[str, AgedPrice]
+        async with reader.subscribe(symbols=["AAPL"]) as prices:
+            async for price in prices:                 # domain.price.Price, in order per symbol
+                ...
+
+    with PriceReader(url) as reader:                   # plain scripts, no event loop
+        print(reader.get_sync("AAPL"))
+
+Only anyio APIs are used, so the same object works under trio and asyncio (anyio runs on
+both). The blocking redis-py calls run in worker threads, one hop per call. Ages are measured
+against the venue timestamp and this machine's wall clock (``now_ns``); ``stale`` means older
+than ``max_age_s`` (default 300 s, the cache TTL).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+
+from adapters.redis.connection import RedisConnection, RedisMode, RedisOptions
+from adapters.redis.event_bus import RedisEventBus
+from adapters.redis.price_cache import DEFAULT_KEY_PREFIX, RedisPriceCache
+from domain.price import Price
+from domain.staleness import DEFAULT_MAX_AGE_S, AgedPrice
+from ports.event_bus import PRICE_CHANNEL_PREFIX
+
+__all__ = ["AgedPrice", "PriceReader"]
+
+
+class PriceReader:
+    """Read-only access to ``price:{SYMBOL}`` and ``price.updated.{SYMBOL}``.
+
+    Construction does not connect (connections open on first use). Every call raises
+    ``ConnectionError`` when Redis cannot be reached within about 1-2 s; the next call after
+    Redis is back succeeds. ``cluster=True`` for a Redis Cluster URL; ``mode``/``sentinels``/
+    ``master_name`` for Sentinel. Close it (``close()``, ``with`` or ``async with``) when done.
+    """
+
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        cluster: bool = False,
+        mode: RedisMode | str | None = None,
+        sentinels: Sequence[str | tuple[str, int]] = (),
+        master_name: str | None = None,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        channel_prefix: str = PRICE_CHANNEL_PREFIX,
+        buffer: int = 10_000,
+        now_ns: Callable[[], int] = time.time_ns,
+        options: RedisOptions | None = None,
+    ) -> None:
+        if mode is None:
+            mode = RedisMode.CLUSTER if cluster else RedisMode.STANDALONE
+        self._conn = RedisConnection(
+            url,
+            mode=RedisMode(mode),
+            sentinels=sentinels,
+            master_name=master_name,
+            options=options,
+        )
+        self._cache = RedisPriceCache(
+            self._conn, key_prefix=key_prefix, channel_prefix=channel_prefix
+        )
+        self._bus = RedisEventBus(
+            self._conn, channel_prefix=channel_prefix, key_prefix=key_prefix, buffer=buffer
+        )
+        self.max_age_s = max_age_s
+        self._now_ns = now_ns
+
+    def __repr__(self) -> str:
+        return f"PriceReader({self._conn.redacted_url!r}, mode={self._conn.mode.value!r})"
+
+    def _age(self, prices: dict[str, Price]) -> dict[str, AgedPrice]:
+        now = self._now_ns()
+        return {s: AgedPrice.at(p, now, self.max_age_s) for s, p in prices.items()}
+
+    async def get(self, symbol: str) -> AgedPrice | None:
+        """The cached price of ``symbol`` with its age, or None when absent or expired."""
+        return (await self.get_many((symbol,))).get(symbol)
+
+    async def get_many(self, symbols: Collection[str]) -> dict[str, AgedPrice]:
+        """The cached prices of those ``symbols`` that have one (one round trip)."""
+        return self._age(await self._cache.get_many(symbols))
+
+    def get_sync(self, symbol: str) -> AgedPrice | None:
+        """Blocking :meth:`get`, for scripts without an event loop."""
+        return self.get_many_sync((symbol,)).get(symbol)
+
+    def get_many_sync(self, symbols: Collection[str]) -> dict[str, AgedPrice]:
+        """Blocking :meth:`get_many`."""
+        prices = self._conn.call_sync("get_many", lambda: self._cache.get_many_sync(symbols))
+        return self._age(prices)
+
+    def subscribe(
+        self, symbols: Collection[str] = (), pattern: str | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[Price]]:
+        """Live updates for ``symbols`` and/or a glob ``pattern`` over symbols (``"*"``: all).
+
+        See :meth:`adapters.redis.event_bus.RedisEventBus.subscribe` for the guarantees (in
+        order per symbol, bounded, ``ConnectionError`` from the iterator when the connection
+        is lost; in a cluster a pattern is resolved from the cached keys)."""
+        return self._bus.subscribe(symbols, pattern)
+
+    def close(self) -> None:
+        """Close the connections (idempotent)."""
+        self._conn.close()
+
+    def __enter__(self) -> PriceReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> PriceReader:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,189 @@
+"""Run market-data-service: ``python entrypoints/service.py`` (or ``mds run``).
+
+Configuration comes from environment variables and an optional ``.env`` (see README.md). With
+nothing set it runs the embedded default: simulated quotes for AAPL, MSFT and SPY, in-memory cache
+and bus, the HTTP API on 127.0.0.1:8000, prices logged.
+
+Exit codes: 0 after SIGINT/SIGTERM, 2 for invalid configuration (one message naming each bad
+variable), 3 when the feed fails fatally (bad credentials, plan without the feed, too many
+reconnect attempts), with one clear log line saying why and what to check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the project's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import anyio
+import anyio.abc
+from dependency_injector import providers
+
+from adapters.redis import RedisPriceStore, open_redis_store
+from adapters.redis.lease import RedisLease
+from application.leadership import LeaderElection
+from application.service import MarketDataService
+from domain.errors import FatalFeedError
+from entrypoints.container import Container
+from entrypoints.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("mds")
+
+EXIT_CONFIG = 2
+EXIT_FATAL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    name: str  # "memory", "single", "sentinel" or "cluster"
+    redis: RedisPriceStore | None = None
+
+
+@asynccontextmanager
+async def open_store(container: Container, settings: Settings) -> AsyncIterator[Store]:
+    """Point the container's cache and bus at Redis when configured (else keep memory)."""
+    if settings.redis_mode == "memory":
+        yield Store("memory")
+        return
+    async with open_redis_store(
+        settings.redis_url or "redis://",
+        mode={"single": "standalone"}.get(settings.redis_mode, settings.redis_mode),
+        sentinels=[str(s) for s in settings.redis_sentinels],
+        master_name=settings.redis_master,
+        ttl_s=settings.price_ttl_s,
+    ) as store:
+        with (
+            container.cache.override(providers.Object(store.cache)),
+            container.bus.override(providers.Object(store.bus)),
+        ):
+            yield Store(settings.redis_mode, store)
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What ``run`` hands over once everything is up (tests and tools use it)."""
+
+    service: MarketDataService
+    http_urls: list[str]
+
+
+async def log_prices(service: MarketDataService, every_s: float = 2.0) -> None:
+    """Embedded default: log the latest prices now and then, so a newcomer sees it working."""
+    while True:
+        await anyio.sleep(every_s)
+        symbols = sorted(service.status.confirmed)
+        prices = await service.cache.get_many(symbols)
+        for symbol in symbols:
+            if symbol in prices:
+                log.info("price %s", prices[symbol].to_json().decode())
+
+
+async def run(
+    settings: Settings,
+    container: Container | None = None,
+    *,
+    task_status: anyio.abc.TaskStatus[Running] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the service until cancelled or a signal; raises :class:`FatalFeedError` when the
+    feed cannot go on. ``started`` hands over the running service and the API's URLs."""
+    from entrypoints.http_api import create_app, serve_http
+    from entrypoints.metrics import ServiceMetrics
+    from entrypoints.runtime import cancel_on_signals
+    from entrypoints.view import ServiceViewAdapter
+
+    container = container or Container(settings=settings)
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_store(container, settings))
+        positions = container.positions()
+        if positions is not None and hasattr(positions, "__aenter__"):
+            await stack.enter_async_context(positions)  # type: ignore[arg-type]
+        metrics = ServiceMetrics()
+        stack.enter_context(container.observer.override(providers.Object(metrics)))
+        service = container.service()
+        view = ServiceViewAdapter(service, store=store.name, max_age_s=settings.price_ttl_s)
+        metrics.attach(service)
+        app = create_app(view, metrics.registry)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(cancel_on_signals, tg.cancel_scope)
+                if settings.ha and store.redis is not None:
+                    election = LeaderElection(
+                        RedisLease(store.redis.connection),
+                        service.clock,
+                        service.status,
+                        ttl_s=settings.ha_lease_ttl_s,
+                    )
+                    await tg.start(election.run, service.run)
+                else:
+                    await tg.start(service.run)
+                urls = await tg.start(serve_http, app, settings.http_host, settings.http_port)
+                if settings.feed == "sim" and store.name == "memory":
+                    tg.start_soon(log_prices, service)
+                log.info(
+                    "market-data-service running: feed=%s store=%s http=%s",
+                    settings.feed,
+                    store.name,
+                    " ".join(urls),
+                )
+                task_status.started(Running(service, urls))
+        except BaseExceptionGroup as group:
+            fatal, rest = group.split(FatalFeedError)
+            if fatal is not None and rest is None:
+                first: BaseException = fatal
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                raise first from None
+            raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mds run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--env-file", type=Path, default=None, help="read settings from this file (default .env)"
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration (secrets hidden) and exit",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from entrypoints.logging_setup import configure_logging
+
+    try:
+        settings = load_settings(env_file=args.env_file)
+    except SettingsError as e:
+        print(f"market-data-service: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.print_config:
+        for name, value in settings.redacted().items():
+            print(f"{name}={value}")
+        return 0
+    configure_logging(settings.log_format, settings.log_level, secrets=settings.secret_values())
+    try:
+        anyio.run(run, settings, backend="trio")
+    except FatalFeedError as e:
+        log.critical("stopping: %s", e)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        pass
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The PriceCache + EventBus contract, stated once, run on every implementation (see conftest).
+
+The application's write step is ``applied = await cache.put_many(batch)`` then
+``await bus.publish_many(applied)``; tests that publish do exactly that, so "each applied price
+published exactly once, in order per symbol" holds for every wiring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+
+from domain.price import Price
+from ports.event_bus import POSITIONS_CHANGED_CHANNEL
+from tests.adapters.contract.conftest import T0, StoreUnderTest, price
+
+
+async def write(store: StoreUnderTest, batch: Sequence[Price]) -> Sequence[Price]:
+    applied = await store.cache.put_many(batch)
+    await store.bus.publish_many(applied)
+    return applied
+
+
+async def receive(prices: AsyncIterator[Price], n: int, timeout_s: float = 5.0) -> list[Price]:
+    got: list[Price] = []
+    with anyio.fail_after(timeout_s):
+        async for p in prices:
+            got.append(p)
+            if len(got) == n:
+                break
+    return got
+
+
+async def receive_until(
+    prices: AsyncIterator[Price], last: Price, timeout_s: float = 5.0
+) -> list[Price]:
+    """Everything received up to and including ``last`` (a marker published after the rest:
+    anything unexpected, like a duplicate, shows up before it)."""
+    got: list[Price] = []
+    with anyio.fail_after(timeout_s):
+        async for p in prices:
+            got.append(p)
+            if p == last:
+                break
+    return got
+
+
+async def test_round_trip_get_and_get_many(store: StoreUnderTest) -> None:
+    a, b, absent = store.symbol(), store.symbol(), store.symbol()
+    pa, pb = price(a, T0 + 1), price(b, T0 + 2, 10.5, 10.75)
+    applied = await store.cache.put_many([pa, pb])
+    assert list(applied) == [pa, pb]
+    assert await store.cache.get(a) == pa
+    assert await store.cache.get(absent) is None
+    assert await store.cache.get_many([a, b, absent]) == {a: pa, b: pb}
+    assert await store.cache.get_many([]) == {}
+    assert list(await store.cache.put_many([])) == []
+
+
+async def test_stored_json_is_the_contract_bytes(store: StoreUnderTest) -> None:
+    s = store.symbol()
+    p = Price(s, 150.25, 150.27, 150.26, 1_721_807_813_639_713_735, "V")
+    await store.cache.put_many([p])
+    assert await store.raw(s) == p.to_json()
+    assert (
+        p.to_json()
+        == (
+            f'{{"symbol":"{s}","bid":150.25,"ask":150.27,"mid":150.26,'
+            f'"timestamp":"2024-07-24T07:56:53.639713735Z","exchange":"V"}}'
+        ).encode()
+    )
+    assert await store.cache.get(s) == p  # and it reads back exactly
+
+
+async def test_ttl_is_set_on_every_write(store: StoreUnderTest) -> None:
+    s = store.symbol()
+    ttl = store.cache.ttl_s
+    assert ttl == 300.0
+    await store.cache.put_many([price(s, T0)])
+    remaining = await store.remaining_ttl_s(s)
+    assert remaining is not None
+    assert ttl - 2 < remaining <= ttl
+
+
+async def test_entry_expires_after_ttl_and_a_write_restarts_it(store: StoreUnderTest) -> None:
+    cache = await store.make_cache(0.3)
+    s = store.symbol()
+    await cache.put_many([price(s, T0)])
+    assert await cache.get(s) is not None
+    waited = await store.let_time_pass(cache, s, 0.3)
+    assert waited >= 0.25  # expiry happened because of the TTL, not at once
+    assert await cache.get(s) is None
+    assert await cache.get_many([s]) == {}
+    # After expiry an older price than the expired one is a fresh start: applied.
+    older = price(s, T0 - 1)
+    assert list(await cache.put_many([older])) == [older]
+    assert await cache.get(s) == older
+
+
+async def test_older_write_refused_newer_and_equal_applied(store: StoreUnderTest) -> None:
+    s = store.symbol()
+    current = price(s, T0 + 1_000)
+    await store.cache.put_many([current])
+
+    older = price(s, T0 + 999, 1.0, 2.0)
+    assert list(await store.cache.put_many([older])) == []
+    assert await store.cache.get(s) == current
+
+    same_time = price(s, T0 + 1_000, 3.0, 4.0)
+    assert list(await store.cache.put_many([same_time])) == [same_time]
+
+    newer = price(s, T0 + 1_001, 5.0, 6.0)
+    other = store.symbol()
+    fresh = price(other, T0)
+    # In one batch: the refused one is left out, order of the applied ones is kept.
+    assert list(await store.cache.put_many([older, newer, fresh])) == [newer, fresh]
+    assert await store.cache.get_many([s, other]) == {s: newer, other: fresh}
+
+
+async def test_same_symbol_twice_in_a_batch_applies_in_order(store: StoreUnderTest) -> None:
+    s = store.symbol()
+    first, second = price(s, T0 + 1), price(s, T0 + 2, 1.0, 2.0)
+    assert list(await store.cache.put_many([first, second])) == [first, second]
+    assert await store.cache.get(s) == second
+    # Newer first, older second: the second is refused against the first.
+    third, stale = price(s, T0 + 10), price(s, T0 + 5)
+    assert list(await store.cache.put_many([third, stale])) == [third]
+    assert await store.cache.get(s) == third
+
+
+async def test_published_once_in_order_per_symbol(store: StoreUnderTest) -> None:
+    a, b = store.symbol("PA"), store.symbol("PB")
+    batches = [[price(a, T0 + 10 * i), price(b, T0 + 10 * i + 1, 2.0, 3.0 + i)] for i in range(20)]
+    marker = price(a, T0 + 1_000)
+    async with store.bus.subscribe(symbols=[a, b]) as prices:
+        for batch in batches:
+            await write(store, batch)
+        # A refused (older) price is not published either.
+        await write(store, [price(a, T0)])
+        await write(store, [marker])
+        got = await receive_until(prices, marker)
+    # Nothing else arrived before the marker: no duplicates, nothing refused.
+    assert len(got) == 41
+    assert [p for p in got if p.symbol == a] == [batch[0] for batch in batches] + [marker]
+    assert [p for p in got if p.symbol == b] == [batch[1] for batch in batches]
+
+
+async def test_subscriber_gets_only_its_symbols_and_pattern(store: StoreUnderTest) -> None:
+    stem = store.symbol("Q")  # unique stem, e.g. Q17
+    mine, theirs = f"{stem}A", store.symbol("Z")
+    named = store.symbol("N")
+    async with store.bus.subscribe(symbols=[named], pattern=f"{stem}*") as prices:
+        await write(store, [price(theirs, T0), price(mine, T0 + 1), price(named, T0 + 2)])
+        got = await receive(prices, 2)
+    assert sorted(p.symbol for p in got) == sorted([mine, named])
+
+
+async def test_pattern_matches_a_named_symbol_once(store: StoreUnderTest) -> None:
+    stem = store.symbol("D")
+    both = f"{stem}X"
+    marker = price(both, T0 + 2)
+    async with store.bus.subscribe(symbols=[both], pattern=f"{stem}*") as prices:
+        await write(store, [price(both, T0), price(both, T0 + 1)])
+        await write(store, [marker])
+        got = await receive_until(prices, marker)
+    assert [p.ts_event_ns for p in got] == [T0, T0 + 1, T0 + 2]
+
+
+async def test_control_signals_reach_listeners(store: StoreUnderTest) -> None:
+    async with store.bus.listen(POSITIONS_CHANGED_CHANNEL) as signals:
+        await store.bus.notify(POSITIONS_CHANGED_CHANNEL, b"acct-1")
+        await store.bus.notify("some.other.channel", b"not for us")
+        await store.bus.notify(POSITIONS_CHANGED_CHANNEL)
+        got = []
+        with anyio.fail_after(5):
+            async for payload in signals:
+                got.append(payload)
+                if len(got) == 2:
+                    break
+    assert got == [b"acct-1", b""]

@@ -1,0 +1,138 @@
+"""The runnable service: wiring from settings, the HTTP API over the running service, the
+container's overrides, and the process: signals, exit codes, one clear line on errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from dependency_injector import providers
+
+from adapters.clock import SystemClock
+from adapters.memory import InMemoryPriceCache, ScriptedQuoteFeed, StaticPositionSource
+from entrypoints.container import Container
+from entrypoints.service import Running, run
+from entrypoints.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE = ROOT / "entrypoints" / "service.py"
+
+EMBEDDED = {"MDS_HTTP_PORT": "0", "MDS_SIM_RATE": "200", "MDS_LOG_FORMAT": "json"}
+
+
+async def wait_for(predicate, timeout_s: float = 5.0, step_s: float = 0.02) -> None:  # type: ignore[no-untyped-def]
+    with anyio.fail_after(timeout_s):
+        while not predicate():  # noqa: ASYNC110 - polls a real process's state
+            await anyio.sleep(step_s)
+
+
+async def test_embedded_default_streams_prices_and_serves_the_api() -> None:
+    settings = load_settings(EMBEDDED)
+    async with anyio.create_task_group() as tg:
+        running: Running = await tg.start(run, settings)
+        service = running.service
+        await wait_for(lambda: service.status.counters["prices_written"] >= 20)
+        async with httpx.AsyncClient(base_url=running.http_urls[0]) as client:
+            health = (await client.get("/health")).json()
+            assert health["status"] == "healthy" and health["websocket_connected"] is True
+            assert health["subscribed_symbols"] == 3 and health["redis"] == "memory"
+            assert (await client.get("/ready")).status_code == 200
+            price = (await client.get("/prices/AAPL")).json()
+            assert price["mid"] * 2 == pytest.approx(price["bid"] + price["ask"])
+            assert (await client.get("/prices/NOPE")).status_code == 404
+            subs = (await client.get("/subscriptions")).json()
+            assert subs["confirmed"] == ["AAPL", "MSFT", "SPY"]
+            metrics = (await client.get("/metrics")).text
+            assert "mds_prices_written_total" in metrics or "mds_prices_written" in metrics
+        tg.cancel_scope.cancel()
+
+
+async def test_the_container_is_overridable_and_positions_drive_subscriptions() -> None:
+    settings = load_settings(EMBEDDED | {"MDS_SYMBOLS": "SPY"})
+    clock = SystemClock()
+    feed = ScriptedQuoteFeed(clock)
+    positions = StaticPositionSource({"NVDA"})
+    container = Container(settings=settings)
+    cache = InMemoryPriceCache(clock)
+    with (
+        container.feed.override(providers.Object(feed)),
+        container.positions.override(providers.Object(positions)),
+        container.cache.override(providers.Object(cache)),
+    ):
+        async with anyio.create_task_group() as tg:
+            running: Running = await tg.start(run, settings, container)
+            await wait_for(lambda: feed.subscribed() == {"NVDA", "SPY"})
+            positions.symbols = {"AMD"}
+            async with httpx.AsyncClient(base_url=running.http_urls[0]) as client:
+                answer = await client.post("/subscriptions/sync")
+                assert answer.status_code == 200
+                assert answer.json()["confirmed"] == ["AMD", "SPY"]
+            assert running.service.cache is cache
+            tg.cancel_scope.cancel()
+
+
+def spawn(env: dict[str, str]) -> subprocess.Popen[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("MDS_", "ALPACA_", "APCA_"))}
+    full.pop("REDIS_URL", None)
+    full.update(env)
+    return subprocess.Popen(
+        [sys.executable, str(SERVICE)],
+        env=full,
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_process_cleanly_within_2_s(sig: signal.Signals) -> None:
+    proc = spawn(EMBEDDED)
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        for line in proc.stderr:  # wait for the "running" line, not a fixed time
+            if "market-data-service running" in line:
+                break
+            assert time.monotonic() < deadline, "service did not start"
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        code = proc.wait(timeout=5)
+        assert time.monotonic() - sent < 2.0
+        assert code == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_an_invalid_setting_stops_the_start_naming_the_variable() -> None:
+    proc = spawn(
+        {
+            "MDS_PRICE_TTL": "-1",
+            "ALPACA_API_KEY": "PKSECRETKEYID",
+            "MDS_FEED": "sim",
+            "ALPACA_SECRET_KEY": "topsecretvalue",
+        }
+    )
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "MDS_PRICE_TTL" in err and "topsecretvalue" not in err + out
+    assert len([line for line in err.splitlines() if line.strip()]) <= 3
+
+
+def test_help_documents_the_service() -> None:
+    out = subprocess.run(
+        [sys.executable, str(SERVICE), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "embedded default" in out and "Exit codes" in out
