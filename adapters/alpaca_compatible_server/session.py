@@ -1,0 +1,551 @@
+"""One client connection: Alpaca's control protocol, the paced data sender and the fault hooks.
+
+Three tasks share a session: the receiver (client actions), the sender (data frames) and the
+monitor (auth timeout, timed drops, sends stuck on a full socket). Whichever ends first ends the
+session. All writes go through trio-websocket's ``send_message``, which serialises them, so a
+control reply never interleaves with a data frame.
+
+Ordering guarantee: data for a newly subscribed symbol is only sent after the subscription ack;
+data for an unsubscribed symbol is never sent after the ack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal
+
+import trio
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
+
+from adapters.alpaca_compatible_server.config import FAULT_POLL_S, SlowClientPolicy
+from adapters.alpaca_compatible_server.frames import (
+    MALFORMED_KINDS,
+    FramePool,
+    JsonCodec,
+    MsgpackCodec,
+)
+from adapters.alpaca_compatible_server.market import (
+    DataParams,
+    Item,
+    MarketData,
+    exchanges_for_path,
+)
+from domain.errors import InvalidSymbol
+from domain.symbols import validate_symbol
+from domain.timestamps import NS_PER_SECOND
+
+if TYPE_CHECKING:
+    from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
+
+logger = logging.getLogger(__name__)
+
+#: Subscribable channels, in the order the ack lists them.
+CHANNELS: Final = (
+    "trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds", "imbalances",
+)  # fmt: skip
+WILDCARD: Final = "*"
+_MONITOR_POLL_S: Final = 0.05
+_MAX_FRAMES_PER_WRITE: Final = 64
+_MAX_BYTES_PER_WRITE: Final = 256 * 1024
+_ERROR_TEXT: Final = {
+    400: "invalid syntax",
+    401: "not authenticated",
+    402: "auth failed",
+    403: "already authenticated",
+    404: "auth timeout",
+    405: "symbol limit exceeded",
+    406: "connection limit exceeded",
+    407: "slow client",
+    409: "insufficient subscription",
+}
+
+Subscriptions = dict[str, frozenset[str]]
+
+
+def _empty_subscriptions() -> Subscriptions:
+    return {channel: frozenset() for channel in CHANNELS}
+
+
+class Session:
+    """State of one connection, readable by tests while it runs (``server.sessions``)."""
+
+    def __init__(
+        self,
+        server: AlpacaCompatibleServer,
+        session_id: int,
+        stream: trio.SocketStream,
+        conn: WebSocketConnection,
+        codec: JsonCodec | MsgpackCodec,
+        path: str,
+    ) -> None:
+        cfg = server.config
+        self.id = session_id
+        self.path = path
+        self.format = codec.format
+        self.key: str | None = None
+        """The key id once authenticated."""
+        self.authenticated = False
+        self.connected_at = trio.current_time()
+        self.subscriptions: Subscriptions = _empty_subscriptions()
+        """The set the last ack reported (what the client is subscribed to)."""
+        self.frames_sent = 0
+        self.messages_sent = 0
+        self.frames_dropped = 0
+        self.client_close_code: int | None = None
+        """The close code the CLIENT sent (1006 if it dropped TCP without a close frame);
+        ``None`` while open or when the server closed first."""
+        self.ended_by: Literal["client", "server"] | None = None
+        self._server = server
+        self._stream = stream
+        self._conn = conn
+        self._writer = _FrameWriter(conn, stream)
+        self._codec = codec
+        seed = None if cfg.seed is None else cfg.seed * 1_000_003 + session_id
+        params = DataParams(
+            batch=cfg.batch,
+            pool_frames=cfg.pool_frames,
+            one_sided_probability=cfg.one_sided_probability,
+            crossed_probability=cfg.crossed_probability,
+            exchanges=exchanges_for_path(path),
+        )
+        self._market = MarketData(params, random.Random(seed))
+        # What the sender streams: updated after the ack on subscribe, before it on unsubscribe.
+        self._data_subscriptions: Subscriptions = _empty_subscriptions()
+        self._data_version = 0
+        self._data_changed = trio.Event()
+        self._send_started: float | None = None
+        self._malformed_sent = 0
+        self._aborted = False
+        self._scope = trio.CancelScope()
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(id={self.id}, path={self.path!r}, format={self.format.value}, "
+            f"authenticated={self.authenticated}, messages_sent={self.messages_sent})"
+        )
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        """Serve the connection until either side closes it. Never raises ConnectionClosed."""
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._until_closed, self._monitor)
+                nursery.start_soon(self._until_closed, self._sender)
+                await self._until_closed(self._connected_then_receive)
+
+    def stop(self) -> None:
+        """End the session from outside (server shutdown); the server then sends close 1001."""
+        self.ended_by = self.ended_by or "server"
+        self._scope.cancel()
+
+    async def _until_closed(self, task: Callable[[], Awaitable[None]]) -> None:
+        # Any of the three tasks ending (normally or because the socket closed) ends the session.
+        try:
+            await task()
+        except ConnectionClosed as exc:
+            # Whichever task notices first: a send or a receive, on a close the client started.
+            if self.ended_by is None:
+                self.ended_by = "client"
+                self.client_close_code = int(exc.reason.code) if exc.reason else 1006
+                self._server.record_client_close(self.client_close_code)
+        finally:
+            self._scope.cancel()
+
+    async def _connected_then_receive(self) -> None:
+        await self._send_control({"T": "success", "msg": "connected"})
+        conn = self._conn
+        while True:
+            await self._on_message(await conn.get_message())
+
+    async def _close_with_error(self, code: int) -> None:
+        """Send ``[{"T":"error",...}]``, close the WebSocket (close frame, code 1000) and end the
+        session. Bounded in time even if the client does not read."""
+        self.ended_by = "server"
+        timeout = self._server.config.close_timeout_s
+        with trio.move_on_after(timeout) as sending, contextlib.suppress(ConnectionClosed):
+            await self._send_error(code)
+        if sending.cancelled_caught:
+            # Part of the frame may be out: a close frame after it would be garbage.
+            await self.abort(f"could not send error {code} within {timeout} s")
+            return
+        with trio.move_on_after(timeout):
+            await self._conn.aclose(1000, _ERROR_TEXT[code])
+        self._scope.cancel()
+
+    async def abort(self, why: str) -> None:
+        """Close the TCP connection without a close frame (a FIN, or a reset if configured)."""
+        if self._aborted:
+            return
+        self._aborted = True
+        self.ended_by = "server"
+        self._server.stats.connections_dropped += 1
+        logger.info("session %d: dropping the connection (%s)", self.id, why)
+        if self._server.faults.drop_with_rst:
+            with contextlib.suppress(OSError):  # already closed
+                self._stream.socket.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+        await self._stream.aclose()
+        self._scope.cancel()
+
+    # ------------------------------------------------------------------------------ control
+
+    async def _send_control(self, message: Mapping[str, object]) -> None:
+        await self._conn.send_message(self._codec.control(message))
+        self._server.stats.control_frames_sent += 1
+
+    async def _send_error(self, code: int) -> None:
+        self._server.stats.errors_sent[code] += 1
+        await self._send_control({"T": "error", "code": code, "msg": _ERROR_TEXT[code]})
+
+    async def _on_message(self, raw: str | bytes) -> None:
+        try:
+            message = self._codec.decode(raw)
+        except ValueError:
+            await self._send_error(400)
+            return
+        action = message.get("action") if isinstance(message, dict) else None
+        if not isinstance(message, dict) or action not in ("auth", "subscribe", "unsubscribe"):
+            await self._send_error(400)
+        elif action == "auth":
+            await self._on_auth(message)
+        elif not self.authenticated:
+            await self._send_error(401)
+        else:
+            await self._on_subscription(action == "subscribe", message)
+
+    async def _on_auth(self, message: dict[object, object]) -> None:
+        server = self._server
+        server.stats.auth_attempts += 1
+        server.notify()
+        if self.authenticated:
+            await self._send_error(403)
+            return
+        key, secret = message.get("key"), message.get("secret")
+        if not isinstance(key, str) or not isinstance(secret, str):
+            await self._send_error(400)
+            return
+        faults = server.faults
+        if faults.refuse_auth or not server.credentials_valid(key, secret):
+            await self._close_with_error(402)
+        elif faults.insufficient_subscription:
+            await self._close_with_error(409)
+        elif faults.reject_connections_with_406 or not server.claim_key(key, self):
+            await self._close_with_error(406)
+        else:
+            self.key = key
+            self.authenticated = True
+            server.stats.auth_successes += 1
+            server.notify()
+            logger.info("session %d authenticated (key %s…)", self.id, key[:4])
+            await self._send_control({"T": "success", "msg": "authenticated"})
+
+    async def _on_subscription(self, subscribe: bool, message: dict[object, object]) -> None:
+        changes: dict[str, frozenset[str]] = {}
+        for channel in CHANNELS:
+            if channel not in message:
+                continue  # unknown keys are ignored, as Alpaca does on stocks
+            symbols = message[channel]
+            if not isinstance(symbols, list) or not all(map(_valid_symbol, symbols)):
+                await self._send_error(400)
+                return
+            changes[channel] = frozenset(symbols)
+        current = self.subscriptions
+        if subscribe:
+            new = {ch: current[ch] | changes.get(ch, frozenset()) for ch in CHANNELS}
+            if self._exceeds_limit(new):
+                await self._send_error(405)
+                return
+            self.subscriptions = new
+            self._server.notify()
+            await self._send_ack()
+            self._stream_data_for(new)  # only after the ack
+        else:
+            new = {ch: current[ch] - changes.get(ch, frozenset()) for ch in CHANNELS}
+            self.subscriptions = new
+            self._stream_data_for(new)  # before the ack
+            self._server.notify()
+            await self._send_ack()
+
+    def _exceeds_limit(self, subscriptions: Subscriptions) -> bool:
+        limit = self._server.config.symbol_limit
+        if limit is None:
+            return False
+        distinct = frozenset().union(*subscriptions.values())
+        return WILDCARD in distinct or len(distinct) > limit
+
+    async def _send_ack(self) -> None:
+        subs = self.subscriptions
+        ack: dict[str, object] = {"T": "subscription"}
+        for channel in ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses"):
+            ack[channel] = sorted(subs[channel])
+        ack["lulds"] = sorted(subs["lulds"])
+        ack["corrections"] = ack["trades"]
+        ack["cancelErrors"] = ack["trades"]
+        if subs["imbalances"]:
+            ack["imbalances"] = sorted(subs["imbalances"])
+        await self._send_control(ack)
+
+    def _stream_data_for(self, subscriptions: Subscriptions) -> None:
+        self._data_subscriptions = subscriptions
+        self._data_version += 1
+        self._data_changed.set()
+        self._data_changed = trio.Event()
+
+    def _expand(self, symbols: frozenset[str]) -> list[str]:
+        if WILDCARD in symbols:
+            symbols = (symbols - {WILDCARD}) | frozenset(self._server.config.wildcard_symbols)
+        return sorted(symbols)
+
+    def _data_items(self) -> list[Item]:
+        subs = self._data_subscriptions
+        quotes: list[Item] = [("q", s) for s in self._expand(subs["quotes"])]
+        trades: list[Item] = [("t", s) for s in self._expand(subs["trades"])]
+        return quotes + trades
+
+    # --------------------------------------------------------------------------------- data
+
+    def _what_to_stream(self, current: _Streaming | None) -> _Streaming:
+        """The pre-encoded pool etc. for the current data subscriptions (rebuilt on change)."""
+        if current is not None and current.version == self._data_version:
+            return current
+        items = self._data_items()
+        return _Streaming(
+            version=self._data_version,
+            pool=self._codec.pool(self._market.pool_frames(items)) if items else None,
+            bar_symbols=self._expand(self._data_subscriptions["bars"]),
+            symbol=items[0][1] if items else "FAKEPACA",
+        )
+
+    async def _sender(self) -> None:
+        """Send data frames at ``rate`` (deadline pacing: behind schedule it sends without
+        sleeping, never above the average) and bars every ``bar_interval_s``. Returns when the
+        session must end (a fault or the slow-client policy closed it)."""
+        server = self._server
+        cfg = server.config
+        interval = cfg.batch / cfg.rate if cfg.rate else 0.0
+        bar_interval = cfg.bar_interval_s or 0.0
+        next_bar = trio.current_time() + bar_interval if bar_interval else math.inf
+        next_frame: float | None = None  # None: not streaming frames (no catch-up burst later)
+        streaming: _Streaming | None = None
+        malformed_due = 0
+        while True:
+            previous, streaming = streaming, self._what_to_stream(streaming)
+            if streaming is not previous and next_frame is not None:
+                next_frame = max(next_frame, trio.current_time())  # rebuilding is not lag
+            faults = server.faults
+            live = self.authenticated and not faults.stall
+            pool = streaming.pool if live else None
+            bar_symbols = streaming.bar_symbols if live else []
+            now = trio.current_time()
+            if pool is None:
+                next_frame = None
+            elif next_frame is None:
+                next_frame = now
+            if faults.send_407_then_close and (pool is not None or bar_symbols):
+                logger.info("session %d: fault send_407_then_close", self.id)
+                await self._close_with_error(407)
+                return
+
+            if bar_symbols and now >= next_bar:
+                await self._send_bars(bar_symbols, streaming.version)
+                next_bar = max(next_bar + bar_interval, now)
+                continue
+
+            if pool is None or next_frame is None or now < next_frame:
+                # Idle or early: wait for the deadline, a subscription change or a fault flip.
+                deadline = now + FAULT_POLL_S
+                if bar_symbols:
+                    deadline = min(deadline, next_bar)
+                if next_frame is not None:
+                    deadline = min(deadline, next_frame)
+                with trio.move_on_at(deadline):
+                    await self._data_changed.wait()
+                continue
+
+            lag = now - next_frame
+            if interval and lag > cfg.max_lag_s:
+                if cfg.slow_client is SlowClientPolicy.DISCONNECT:
+                    server.stats.slow_client_disconnects += 1
+                    logger.info("session %d: %.2f s behind, 407 slow client", self.id, lag)
+                    await self._close_with_error(407)
+                    return
+                skipped = int(lag / interval)
+                next_frame += skipped * interval
+                self.frames_dropped += skipped
+                server.stats.frames_dropped += skipped
+
+            # Everything due goes out in one write (the timer cannot wake per frame at high
+            # rates, and one write per frame costs more than the frame): same average rate.
+            due = 1 + int((now - next_frame) / interval) if interval else _MAX_FRAMES_PER_WRITE
+            every = faults.malformed_every
+            if every:
+                due = min(due, every - malformed_due)
+            sent = await self._send_frames(streaming, due, faults.drop_after_messages)
+            if not sent:
+                return
+            next_frame += sent * interval
+
+            if every:
+                malformed_due += sent
+                if malformed_due >= every and streaming.version == self._data_version:
+                    malformed_due = 0
+                    await self._send_malformed(streaming.symbol)
+
+    async def _send_frames(self, streaming: _Streaming, due: int, drop_after: int | None) -> int:
+        """Write up to ``due`` frames from the pool (at least one; at most
+        :data:`_MAX_FRAMES_PER_WRITE` or :data:`_MAX_BYTES_PER_WRITE`) in one write, all
+        stamped with the send time. Returns how many, or 0 once the fault
+        ``drop_after_messages`` has dropped the connection."""
+        pool = streaming.pool
+        assert pool is not None
+        stamp = self._codec.stamp(time.time_ns())
+        budget = drop_after - self.messages_sent if drop_after is not None else math.inf
+        if budget <= 0:
+            await self.abort(f"drop_after_messages={drop_after}")
+            return 0
+        parts: list[bytes] = []
+        size = messages = 0
+        index = streaming.index
+        for _ in range(min(due, _MAX_FRAMES_PER_WRITE)):
+            count = pool.counts[index]
+            if count >= budget - messages:
+                count = int(budget - messages)  # the last frame before the drop, cut short
+                parts.append(pool.render_first(index, count, stamp))
+                messages += count
+                index = (index + 1) % len(pool)
+                break
+            parts.append(pool.render(index, stamp))
+            messages += count
+            size += pool.sizes[index]
+            index = (index + 1) % len(pool)
+            if size >= _MAX_BYTES_PER_WRITE:
+                break
+        streaming.index = index
+        self._send_started = trio.current_time()  # watched by the monitor
+        await self._writer.write(parts[0] if len(parts) == 1 else b"".join(parts))
+        self._send_started = None
+        self._count(len(parts), messages)
+        if messages >= budget:
+            await self.abort(f"drop_after_messages={drop_after}")
+            return 0
+        return len(parts)
+
+    async def _send_bars(self, symbols: list[str], version: int) -> None:
+        """One bar per symbol for the last whole minute, ``batch`` bars per frame."""
+        minute = 60 * NS_PER_SECOND
+        bars = self._market.bars(symbols, (time.time_ns() // minute - 1) * minute)
+        batch = self._server.config.batch
+        for i in range(0, len(bars), batch):
+            if version != self._data_version:
+                return  # an unsubscribe may have removed some: not after its ack
+            chunk = bars[i : i + batch]
+            await self._conn.send_message(self._codec.encode(chunk))
+            self._count(1, len(chunk))
+
+    async def _send_malformed(self, symbol: str) -> None:
+        kind = MALFORMED_KINDS[self._malformed_sent % len(MALFORMED_KINDS)]
+        self._malformed_sent += 1
+        await self._conn.send_message(self._codec.malformed(kind, symbol, time.time_ns()))
+        self._server.stats.malformed_frames_sent += 1
+
+    def _count(self, frames: int, messages: int) -> None:
+        self.frames_sent += frames
+        self.messages_sent += messages
+        stats = self._server.stats
+        stats.frames_sent += frames
+        stats.messages_sent += messages
+        self._server.notify()
+
+    # ------------------------------------------------------------------------------ monitor
+
+    async def _monitor(self) -> None:
+        """Auth deadline, ``drop_every_s``, and sends blocked for ``send_timeout_s``."""
+        server = self._server
+        cfg = server.config
+        auth_deadline = self.connected_at + cfg.auth_timeout_s
+        while True:
+            now = trio.current_time()
+            if not self.authenticated and now >= auth_deadline:
+                await self._close_with_error(404)
+                return
+            drop_every = server.faults.drop_every_s
+            drop_at = math.inf if drop_every is None else self.connected_at + drop_every
+            if now >= drop_at:
+                await self.abort(f"drop_every_s={drop_every}")
+                return
+            started = self._send_started
+            if started is not None and now - started >= cfg.send_timeout_s:
+                server.stats.slow_client_disconnects += 1
+                await self.abort(f"a send blocked for {now - started:.1f} s")
+                return
+            wake = min(now + _MONITOR_POLL_S, drop_at)
+            if not self.authenticated:
+                wake = min(wake, auth_deadline)
+            await trio.sleep_until(wake)
+
+
+class _FrameWriter:
+    """Writes pre-framed data frames straight to the TCP stream.
+
+    trio-websocket sends one message per call, encoding it through wsproto; the pool's frames
+    are already on-the-wire bytes, and writing many in one ``send_all`` is what makes high rates
+    cheap. The write holds trio-websocket's own send lock (``_stream_lock``, a private attribute
+    of trio-websocket 0.12, checked at construction) so it never interleaves with the control
+    messages, pongs and close frames that trio-websocket sends, and nothing is written once a
+    close frame has gone out or come in.
+    """
+
+    def __init__(self, conn: WebSocketConnection, stream: trio.SocketStream) -> None:
+        lock = getattr(conn, "_stream_lock", None)
+        if not isinstance(lock, trio.StrictFIFOLock):
+            raise RuntimeError("this trio-websocket has no _stream_lock: update _FrameWriter")
+        self._lock = lock
+        self._conn = conn
+        self._stream = stream
+
+    async def write(self, data: bytes) -> None:
+        """Raises ``ConnectionClosed`` if the WebSocket is closing or the TCP connection is
+        gone (code 1006); cancellation mid-write leaves a partial frame: drop the connection."""
+        async with self._lock:
+            if self._conn.closed is not None:
+                raise ConnectionClosed(self._conn.closed)
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise ConnectionClosed(
+                    self._conn.closed or CloseReason(1006, "connection lost")
+                ) from None
+
+
+@dataclass(slots=True)
+class _Streaming:
+    """What the sender streams for one version of the data subscriptions."""
+
+    version: int
+    pool: FramePool | None
+    """Pre-encoded quote and trade frames; None if no quotes or trades are subscribed."""
+    bar_symbols: list[str]
+    symbol: str
+    """A subscribed symbol, for malformed frames (a client filtering by symbol still sees them)."""
+    index: int = 0
+    """The next frame of the pool."""
+
+
+def _valid_symbol(symbol: object) -> bool:
+    if symbol == WILDCARD:
+        return True
+    try:
+        validate_symbol(symbol)
+    except InvalidSymbol:
+        return False
+    return True
