@@ -52,6 +52,7 @@ class KeepConnected:
         self._chunk_size = chunk_size
         self._session: FeedSession | None = None
         self._target: frozenset[str] = frozenset()
+        self._ranked: list[str] = []  # the target, best first (who stays under a limit)
         self._lock = anyio.Lock()
         self.capacity: int | None = None  # learned from a symbol-limit refusal
 
@@ -69,6 +70,8 @@ class KeepConnected:
         """
         async with self._lock:
             self._target = plan.target - self._status.rejected
+            self._ranked = [s for s in ranked if s in self._target]
+            self._ranked += sorted(self._target - set(self._ranked))
             session = self._session
             if session is None:
                 return
@@ -149,7 +152,7 @@ class KeepConnected:
                     status.set_state(ConnectionState.AUTHENTICATING)
                     async with self._lock:
                         self._session = session
-                        await self._subscribe(session, sorted(self._target))
+                        await self._subscribe(session, self._ranked)
                     status.set_state(ConnectionState.CONNECTED)
                     now = self._clock.monotonic()
                     status.connected_since = now

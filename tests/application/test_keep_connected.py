@@ -146,3 +146,24 @@ async def test_symbols_the_venue_does_not_confirm_are_reported_not_fatal(
             assert service.status.confirmed == {"AAPL", "BRK.B"}
             assert service.status.connected
             tg.cancel_scope.cancel()
+
+
+async def test_after_a_reconnect_the_best_ranked_symbols_win_a_smaller_venue_limit(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    from adapters.memory import StaticPositionSource
+
+    feed = ScriptedQuoteFeed(clock)
+    positions = StaticPositionSource({"ZM"})  # a position outranks the static list
+    config = ServiceConfig(static_symbols=SYMBOLS, symbol_limit=None)
+    service = MarketDataService(feed, cache, bus, clock, config, positions=positions)
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service.run)
+            await feed.wait_until(lambda: feed.subscribed() == SYMBOLS | {"ZM"})
+            feed.symbol_limit = 2  # the venue now allows fewer symbols
+            feed.drop_connection()
+            await feed.wait_until(lambda: len(feed.sessions) == 2 and len(feed.subscribed()) == 2)
+            await eventually(lambda: set(service.status.left_out) >= {"BRK.B", "MSFT"})
+            assert feed.subscribed() == {"ZM", "AAPL"}
+            tg.cancel_scope.cancel()
