@@ -110,6 +110,7 @@ class AlpacaCompatibleServer:
 
         On cancellation every open session gets a close frame (1001, going away) within
         ``close_timeout_s``. A failing connection is logged and never takes the server down.
+        Raises ``OSError`` if the address cannot be bound.
         """
         cfg = self.config
         listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)

@@ -52,7 +52,6 @@ CHANNELS: Final = (
     "trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds", "imbalances",
 )  # fmt: skip
 WILDCARD: Final = "*"
-_MONITOR_POLL_S: Final = 0.05
 _MAX_FRAMES_PER_WRITE: Final = 64
 _MAX_BYTES_PER_WRITE: Final = 256 * 1024
 _ERROR_TEXT: Final = {
@@ -488,7 +487,7 @@ class Session:
                 server.stats.slow_client_disconnects += 1
                 await self.abort(f"a send blocked for {now - started:.1f} s")
                 return
-            wake = min(now + _MONITOR_POLL_S, drop_at)
+            wake = min(now + FAULT_POLL_S, drop_at)
             if not self.authenticated:
                 wake = min(wake, auth_deadline)
             await trio.sleep_until(wake)

@@ -179,8 +179,8 @@ async def test_malformed_every_n_frames_rotates_through_the_kinds(use_msgpack: b
             assert kinds == ["ok", "ok", "ok", "bad_encoding", "ok", "ok", "ok", "not_a_list",
                              "ok", "ok", "ok", "missing_fields", "ok", "ok", "ok", "wrong_types",
                              "ok", "ok", "ok", "unknown_type"]  # fmt: skip
-            assert server.stats.malformed_frames_sent == 5
-            assert server.stats.frames_sent == 15
+            assert server.stats.malformed_frames_sent >= 5  # the server runs ahead of the reader
+            assert server.stats.frames_sent >= 15
 
 
 async def test_stall_sends_no_data_but_answers_pings_and_control_until_flipped_off() -> None:
