@@ -1,0 +1,85 @@
+"""The mds command: help for every command, price from Redis, record from a stream server."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import orjson
+import pytest
+
+from adapters.alpaca_compatible_server.config import ServerConfig
+from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
+from adapters.redis import RedisConnection, RedisPriceCache
+from domain.price import Price
+from tests.redis_servers import RedisServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def mds(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MDS_", "ALPACA_", "APCA_"))}
+    base.pop("REDIS_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "entrypoints.cli", *args],
+        env=base | (env or {}),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "stream-server", "record", "replay", "price", "watch"])
+def test_every_command_has_help(command: str) -> None:
+    result = mds(command, "--help")
+    assert result.returncode == 0 and "usage" in result.stdout.lower()
+
+
+def test_unknown_command_is_refused() -> None:
+    result = mds("frobnicate")
+    assert result.returncode == 2 and "unknown command" in result.stderr
+
+
+@pytest.mark.redis
+async def test_price_reads_the_cache_with_age_and_staleness(own_redis_server: RedisServer) -> None:
+    conn = RedisConnection(own_redis_server.url)
+    try:
+        old = Price("AAPL", 150.25, 150.27, 150.26, 1_600_000_000 * 10**9, "V")
+        await RedisPriceCache(conn).put_many([old])
+    finally:
+        conn.close()
+    env = {"REDIS_URL": own_redis_server.url}
+    result = await anyio.to_thread.run_sync(lambda: mds("price", "aapl", "--json", env=env))
+    assert result.returncode == 0, result.stderr
+    line = orjson.loads(result.stdout)
+    assert line["mid"] == 150.26 and line["stale"] is True and line["age_s"] > 300
+    missing = await anyio.to_thread.run_sync(lambda: mds("price", "AAPL", "NOPE", env=env))
+    assert missing.returncode == 1 and "NOPE: no price" in missing.stderr
+    bad = await anyio.to_thread.run_sync(lambda: mds("price", "A$", env=env))
+    assert bad.returncode == 2 and "'A$'" in bad.stderr
+
+
+async def test_record_writes_frames_that_replay_reads(tmp_path: Path) -> None:
+    server = AlpacaCompatibleServer(ServerConfig(rate=500, batch=5, bar_interval_s=None))
+    out = tmp_path / "rec.jsonl.gz"
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.run)
+        env = {
+            "ALPACA_API_KEY": "k",
+            "ALPACA_SECRET_KEY": "s",
+            "ALPACA_STREAM_FORMAT": "json",
+            "ALPACA_STREAM_URL": f"{server.url}/v2/iex",
+        }
+        result = await anyio.to_thread.run_sync(
+            lambda: mds("record", str(out), "AAPL", "--seconds", "1", env=env)
+        )
+        tg.cancel_scope.cancel()
+    assert result.returncode == 0, result.stderr
+    lines = [orjson.loads(x) for x in gzip.decompress(out.read_bytes()).splitlines()]
+    assert any('"T":"q"' in line.get("text", "") for line in lines)
+    assert all(isinstance(line["t"], int) for line in lines)
