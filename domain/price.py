@@ -96,15 +96,19 @@ class Price(NamedTuple):
     def mid_as_decimal(self) -> Decimal:
         return Decimal(repr(self.mid))
 
-    def to_json(self) -> bytes:
-        """The contract JSON, encoded once and reused for the cache and the channel."""
+    def to_json(self, timestamp: str | None = None) -> bytes:
+        """The contract JSON, encoded once and reused for the cache and the channel.
+
+        ``timestamp`` is ``self.timestamp`` when the caller already formatted it (it is
+        needed beside the JSON for the server-side order check; formatting once saves work).
+        """
         exchange = self.exchange
         if not exchange.isalnum() or not exchange.isascii():
             exchange = json.dumps(exchange)[1:-1]
+        ts = format_ns(self.ts_event_ns) if timestamp is None else timestamp
         return (
             f'{{"symbol":"{self.symbol}","bid":{self.bid!r},"ask":{self.ask!r},'
-            f'"mid":{self.mid!r},"timestamp":"{format_ns(self.ts_event_ns)}",'
-            f'"exchange":"{exchange}"}}'
+            f'"mid":{self.mid!r},"timestamp":"{ts}","exchange":"{exchange}"}}'
         ).encode()
 
     @classmethod

@@ -41,6 +41,7 @@ from adapters.redis import _redispy, sharded
 from adapters.redis.connection import RedisConnection, as_bytes_list
 from adapters.redis.sharded import is_topology_error
 from domain.price import Price
+from domain.timestamps import format_ns
 from ports.event_bus import PRICE_CHANNEL_PREFIX
 
 log = logging.getLogger(__name__)
@@ -166,11 +167,12 @@ class RedisPriceCache:
 
     def put_many_sync(self, prices: Sequence[Price]) -> AppliedPrices:
         """Blocking :meth:`put_many` (for worker threads and scripts)."""
-        payloads = [p.to_json() for p in prices]
+        stamps = [format_ns(p.ts_event_ns) for p in prices]
+        payloads = [p.to_json(ts) for p, ts in zip(prices, stamps, strict=True)]
         if self._conn.is_cluster:
-            flags = self._write_cluster(prices, payloads)
+            flags = self._write_cluster(prices, payloads, stamps)
         else:
-            flags = self._write_standalone(prices, payloads)
+            flags = self._write_standalone(prices, payloads, stamps)
         applied = [p for p, f in zip(prices, flags, strict=True) if f == _APPLIED]
         applied_payloads = [b for b, f in zip(payloads, flags, strict=True) if f == _APPLIED]
         self.batches += 1
@@ -182,10 +184,12 @@ class RedisPriceCache:
             channel_prefix=self.channel_prefix,
         )
 
-    def _args(self, prices: Sequence[Price], payloads: list[bytes], publish: bool) -> list[object]:
+    def _args(
+        self, prices: Sequence[Price], payloads: list[bytes], stamps: list[str], publish: bool
+    ) -> list[object]:
         pairs: list[object] = [b""] * (2 * len(prices))
         pairs[0::2] = payloads
-        pairs[1::2] = [p.timestamp for p in prices]
+        pairs[1::2] = stamps
         return [
             self._ttl_ms,
             "1" if publish else "0",
@@ -194,16 +198,20 @@ class RedisPriceCache:
             *pairs,
         ]
 
-    def _write_standalone(self, prices: Sequence[Price], payloads: list[bytes]) -> bytes:
+    def _write_standalone(
+        self, prices: Sequence[Price], payloads: list[bytes], stamps: list[str]
+    ) -> bytes:
         client = self._conn.standalone()
         keys = [self.key_prefix + p.symbol for p in prices]
-        args = self._args(prices, payloads, self.publish)
+        args = self._args(prices, payloads, stamps, self.publish)
         reply = self._conn.evalsha(client, self._sha, len(keys), [*keys, *args])
         return _flags(reply, len(prices))
 
-    def _write_cluster(self, prices: Sequence[Price], payloads: list[bytes]) -> bytes:
+    def _write_cluster(
+        self, prices: Sequence[Price], payloads: list[bytes], stamps: list[str]
+    ) -> bytes:
         try:
-            flags = self._write_cluster_once(prices, payloads)
+            flags = self._write_cluster_once(prices, payloads, stamps)
         except rex.ResponseError as e:
             if not is_topology_error(e):
                 raise
@@ -211,12 +219,14 @@ class RedisPriceCache:
             # re-read the slot map and try the whole batch once more (re-applying is harmless).
             log.info("cluster write needs a topology refresh (%s); retrying once", e)
             self._conn.refresh_topology()
-            flags = self._write_cluster_once(prices, payloads)
+            flags = self._write_cluster_once(prices, payloads, stamps)
         if self.publish:
             self._spublish(prices, payloads, flags)
         return flags
 
-    def _write_cluster_once(self, prices: Sequence[Price], payloads: list[bytes]) -> bytes:
+    def _write_cluster_once(
+        self, prices: Sequence[Price], payloads: list[bytes], stamps: list[str]
+    ) -> bytes:
         rc = self._conn.cluster()
         by_node: dict[str, list[int]] = defaultdict(list)
         nodes = {}
@@ -229,7 +239,9 @@ class RedisPriceCache:
             node_client = rc.get_redis_connection(nodes[name])
             keys = [self.key_prefix + prices[i].symbol for i in indexes]
             group = [prices[i] for i in indexes]
-            args = self._args(group, [payloads[i] for i in indexes], False)
+            args = self._args(
+                group, [payloads[i] for i in indexes], [stamps[i] for i in indexes], False
+            )
             # No declared keys: the key count and keys ride in ARGV (see put_prices.lua).
             argv = [*args[:4], len(keys), *keys, *args[4:]]
             reply = self._conn.evalsha(node_client, self._cluster_sha, 0, argv)
