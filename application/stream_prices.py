@@ -77,7 +77,7 @@ class StreamMidPrices:
         max_pending: int = 50_000,
         max_batch: int = 5_000,
         retry_base_s: float = 0.05,
-        retry_cap_s: float = 1.0,
+        retry_cap_s: float = 0.5,
     ) -> None:
         if max_pending < 1 or max_batch < 1:
             raise ValueError("max_pending and max_batch must be >= 1")
@@ -210,6 +210,7 @@ class StreamMidPrices:
             await anyio.sleep(min(self._retry_cap_s, self._retry_base_s * 2 ** (failures - 1)))
 
     async def _write_once(self) -> bool:
+        was_conflating = self._conflating
         batch = self._take_batch()
         status = self._status
         start = self._clock.monotonic()
@@ -217,6 +218,8 @@ class StreamMidPrices:
             applied = await self._cache.put_many(batch)
             await self._bus.publish_many(applied)
         except ConnectionError as e:
+            # Not caught up after all: stay conflated (one price per symbol) through the outage.
+            self._conflating = self._conflating or was_conflating
             self._put_back(batch)
             status.counters["cache_write_errors"] += 1
             if status.store is not StoreState.DEGRADED:

@@ -44,12 +44,16 @@ class BackoffPolicy:
     def next_delay(
         self, attempt: int, rng: Callable[[], float] | None = None, min_delay: float = 0.0
     ) -> float | None:
-        """The delay before retry ``attempt``, or None when ``max_attempts`` is used up."""
+        """The delay before retry ``attempt``, or None when ``max_attempts`` is used up.
+
+        ``min_delay`` (the venue's own floor, e.g. Retry-After) wins even over ``cap_s``: the
+        cap bounds the policy's doubling, not what the venue demands (adapters cap that).
+        """
         if self.max_attempts is not None and attempt > self.max_attempts:
             return None
         ceiling = self.ceiling(attempt)
         delay = ceiling * rng() if self.jitter and rng is not None else ceiling
-        return max(delay, min(min_delay, self.cap_s))
+        return max(delay, min_delay)
 
 
 @dataclass(slots=True)

@@ -163,6 +163,31 @@ async def test_store_outage_keeps_latest_and_writes_it_on_recovery(
     assert {s: cache.values[s].ts_event_ns for s in "XYZ"} == {s: T0 + 999 for s in "XYZ"}
 
 
+async def test_a_long_outage_stays_conflated_and_the_first_write_after_it_is_the_latest(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    """Regression (fault suite, Redis kill -9 under load): a failed retry of the conflated
+    batch used to drop back to lossless queueing, so the queue refilled to ``max_pending``
+    again and again and the first write after recovery carried the oldest queued prices."""
+    stream, status = make(cache, bus, clock, max_pending=100)
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stream.run)
+            cache.fail_writes = True
+            for i in range(2_000):
+                stream.handle([quote(s, 1 + i / 100, 1.01 + i / 100, T0 + i) for s in "XYZ"])
+                if i > 200:  # once conflated, it stays one price per symbol
+                    assert stream.pending <= 3
+                if i % 20 == 0:
+                    await anyio.sleep(0.5)  # failed retries happen meanwhile
+            assert status.counters["cache_write_errors"] > 10
+            cache.fail_writes = False
+            await eventually(lambda: status.store is StoreState.OK, step_s=0.001)
+            tg.cancel_scope.cancel()
+    assert status.counters["prices_written"] == 3  # one write, the latest of each symbol
+    assert {s: cache.values[s].ts_event_ns for s in "XYZ"} == {s: T0 + 1_999 for s in "XYZ"}
+
+
 async def test_flush_writes_pending_prices_at_shutdown(
     cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
 ) -> None:
