@@ -71,6 +71,10 @@ class AlpacaFeedConfig:
       reader waits (back-pressure) rather than drop data.
     - ``record_path``: append every received frame there (JSON lines; gzip if it ends in .gz).
     - ``allow_insecure``: permit ``ws://`` to a non-loopback host (logged loudly).
+    - ``max_message_size``: a larger frame ends the session (close 1009). 10 MiB: news and
+      large batches can exceed the 1 MiB many clients default to. What one frame can cost to
+      decode is bounded in ``wire.decode_frame`` (at most ``MAX_MESSAGES_PER_FRAME`` messages,
+      counted before parsing), so a hostile frame at the limit adds well under 200 MB.
     """
 
     api_key: Secret
@@ -85,7 +89,7 @@ class AlpacaFeedConfig:
     data_watchdog_s: float | None = None
     close_timeout_s: float = 2.0
     max_message_size: int = 10 * 1024 * 1024
-    message_queue_size: int = 64
+    message_queue_size: int = 8
     event_buffer_frames: int = 256
     subscribe_chunk: int = 400
     allow_insecure: bool = False

@@ -26,10 +26,10 @@ Rules:
   extension (type -1) in msgpack, unpacked straight to integer nanoseconds.
 - Prices may arrive as integers (``136``): they become floats. A missing ``bp``/``ap`` is 0.0,
   an empty side. Prices must be finite and >= 0; strings are refused, never coerced.
-- Malformed input is counted in ``FeedStats.decode_errors`` by reason and skipped: a bad frame
-  (``bad_json``, ``bad_msgpack``, ``not_a_list``) drops that frame; a bad message
-  (``not_an_object``, ``missing_field``, ``bad_field``, ``unknown_type``) drops only itself,
-  the rest of the frame is still decoded.
+- Malformed input is counted in ``FeedStats.decode_errors`` by reason and skipped: a bad
+  frame (``bad_json``, ``bad_msgpack``, ``not_a_list``, ``too_many_messages``) drops it; a
+  bad message (``not_an_object``, ``missing_field``, ``bad_field``, ``unknown_type``) drops
+  only itself, the rest of the frame is still decoded.
 """
 
 from __future__ import annotations
@@ -71,6 +71,13 @@ CONTROL_TYPES: Final = frozenset({"success", "error", "subscription"})
 _INF: Final = math.inf
 _BAR_KINDS: Final = {"b": BarKind.MINUTE, "d": BarKind.DAILY, "u": BarKind.UPDATED}
 _DETAIL_MAX: Final = 200
+
+MAX_MESSAGES_PER_FRAME: Final = 200_000
+"""Most messages a frame may hold (Alpaca's frames hold a few thousand at most). With the
+10 MiB message-size limit this bounds the Python objects one hostile frame can make: an array
+of ten million empty maps would otherwise take ~700 MB to decode."""
+_GUARDED_SIZE: Final = 1 << 20  # frames above 1 MiB are counted before they are parsed
+_MAX_COMMAS: Final = 16 * MAX_MESSAGES_PER_FRAME
 
 
 class _Malformed(Exception):
@@ -209,6 +216,14 @@ _RARE_NAMES: Final = {
 }
 
 
+def _too_many_json_values(data: bytes | str) -> bool:
+    """A cheap count (C speed) of objects and separators in a large JSON frame, so that a
+    frame of millions of tiny values is refused before ``orjson.loads`` builds them."""
+    if isinstance(data, str):
+        return data.count("{") > MAX_MESSAGES_PER_FRAME or data.count(",") > _MAX_COMMAS
+    return data.count(b"{") > MAX_MESSAGES_PER_FRAME or data.count(b",") > _MAX_COMMAS
+
+
 def decode_frame(
     data: bytes | str,
     received_ns: int,
@@ -225,8 +240,17 @@ def decode_frame(
     stats.frames += 1
     stats.bytes += len(data)
     is_json = data.__class__ is str or data[:1] == b"["
+    if is_json and len(data) > _GUARDED_SIZE and _too_many_json_values(data):
+        _report(stats, on_error, "too_many_messages", f"frame of {len(data)} bytes refused")
+        return [], []
     try:
-        msgs = orjson.loads(data) if is_json else msgpack.unpackb(data, timestamp=2)
+        msgs = (
+            orjson.loads(data)
+            if is_json
+            else msgpack.unpackb(
+                data, timestamp=2, max_array_len=MAX_MESSAGES_PER_FRAME, max_map_len=256
+            )
+        )
     except (ValueError, msgpack.UnpackException) as e:
         reason = "bad_json" if is_json else "bad_msgpack"
         _report(stats, on_error, reason, f"{e} in frame {_short(data)}")

@@ -429,10 +429,10 @@ async def test_malformed_frames_are_counted_and_skipped(logs: LogRecords) -> Non
                 await conn.send([{"T": "q", "S": "AAPL", "bp": "1", "t": "2024-07-24T07:56:53Z"}])
                 await conn.send([quote("AAPL", 5.0, 6.0)])
                 events = session.events()
-                first = await next_batch(events)
-                second = await next_batch(events)
-    assert [(e.symbol, e.bid_price) for e in first] == [("AAPL", 1.0), ("MSFT", 3.0)]  # type: ignore[union-attr]
-    assert [(e.symbol, e.bid_price) for e in second] == [("AAPL", 5.0)]  # type: ignore[union-attr]
+                got: list[Any] = []
+                while len(got) < 3:  # frames waiting together may come as one batch
+                    got.extend(await next_batch(events))
+    assert [(e.symbol, e.bid_price) for e in got] == [("AAPL", 1.0), ("MSFT", 3.0), ("AAPL", 5.0)]
     assert feed.stats.decode_errors == {
         "bad_json": 1, "not_a_list": 1, "missing_field": 1, "unknown_type": 1,
         "not_an_object": 1, "bad_field": 1,
