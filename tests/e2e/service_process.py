@@ -28,7 +28,12 @@ class ServiceProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def log(self) -> str:
+        """Everything the process wrote so far (stdout and stderr share the file)."""
         return self.log_path.read_text(errors="replace")
 
     async def health(self) -> dict[str, object] | None:
@@ -54,6 +59,21 @@ class ServiceProcess:
                 if health is not None and check(health):
                     return health
                 await anyio.sleep(0.05)
+
+    async def metrics(self) -> dict[str, float]:
+        """The current ``/metrics`` as ``{'name{labels}': value}`` (see :func:`parse_metrics`)."""
+        answer = await self.get("/metrics")
+        answer.raise_for_status()
+        return parse_metrics(answer.text)
+
+    async def wait_exit(self, timeout_s: float = 10) -> int:
+        """Wait for the process to exit by itself (polling its state); its exit code."""
+        with anyio.fail_after(timeout_s):
+            while True:
+                code = self.proc.poll()
+                if code is not None:
+                    return code
+                await anyio.sleep(0.02)
 
     def terminate(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 10) -> float:
         """Send ``sig`` and wait; the seconds it took to exit."""
@@ -96,6 +116,22 @@ def start_service(
             [sys.executable, str(SERVICE)], env=env, cwd=tmp_path, stdout=out, stderr=out
         )
     return ServiceProcess(proc, f"http://127.0.0.1:{port}", log_path, env)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text exposition -> ``{'name{labels}': value}`` (comments skipped)."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        values[name] = float(value)
+    return values
+
+
+def metric_total(metrics: Mapping[str, float], name: str) -> float:
+    """The sum of ``name`` over all its label sets (0 when absent)."""
+    return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
 
 
 def without(mapping: Mapping[str, str], *keys: str) -> dict[str, str]:

@@ -1,0 +1,182 @@
+"""SIGTERM under load, and active/standby: the leader killed with SIGKILL."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from adapters.alpaca_compatible_server.config import ServerConfig
+from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
+from adapters.redis.reader import PriceReader
+from tests.e2e.service_process import SECRET, ServiceProcess
+from tests.fault.helpers import (
+    NewestPrices,
+    alpaca_server,
+    authenticated_sessions,
+    cached_timestamps,
+    quotes_of_active_session,
+    service_process,
+    subscribe_prices,
+    wait_for,
+    wall_ns,
+)
+from tests.redis_servers import RedisServer
+
+pytestmark = [pytest.mark.fault, pytest.mark.redis, pytest.mark.e2e]
+
+SYMBOLS = ("AAPL", "MSFT", "NVDA", "SPY", "TSLA")
+
+
+async def track_peak(
+    server: AlpacaCompatibleServer, read: Callable[[], int], peak: list[int]
+) -> None:
+    """Keep ``peak[0]`` at the highest ``read()`` seen, re-read at every change the server
+    notifies (every auth, subscription, session start and end), until cancelled."""
+
+    def observe() -> bool:
+        peak[0] = max(peak[0], read())
+        return False  # never satisfied: keep observing
+
+    await server.wait_until(observe)
+
+
+# --- 7. SIGTERM under load ------------------------------------------------------------------
+
+
+async def test_sigterm_under_load_exits_0_within_2_s_with_every_published_price_cached(
+    tmp_path: Path, own_redis_server: RedisServer
+) -> None:
+    """At 10 000 quotes/s, SIGTERM ends the process with code 0 within 2 s. Nothing pending is
+    lost: after the exit, the newest price a Redis subscriber received for each symbol is the
+    one in the cache (the last publish and the last cache write are the same price), no
+    "could not be written" line is logged, and the server received a close frame (1000)."""
+    config = ServerConfig(rate=10_000, batch=50, bar_interval_s=None, seed=23)
+    async with (
+        alpaca_server(config) as server,
+        service_process(
+            tmp_path, server, own_redis_server.url, MDS_SYMBOLS=",".join(SYMBOLS)
+        ) as service,
+        PriceReader(own_redis_server.url) as reader,
+        anyio.create_task_group() as tg,
+    ):
+        await service.wait_health(
+            lambda h: h["status"] == "healthy" and h["subscribed_symbols"] == len(SYMBOLS)
+        )
+        seen = NewestPrices()
+        await tg.start(subscribe_prices, reader, SYMBOLS, seen)
+        await wait_for(lambda: seen.received >= 5_000 and len(seen.newest) == len(SYMBOLS))
+
+        sent_at = anyio.current_time()
+        service.proc.send_signal(signal.SIGTERM)
+        code = await service.wait_exit(5)
+        took = anyio.current_time() - sent_at
+        received_at_exit = seen.received
+
+        cached = await reader.get_many(SYMBOLS)
+        # The subscriber may still be reading what was published just before the exit.
+        await wait_for(
+            lambda: all(s in cached and seen.newest.get(s) == cached[s].price for s in SYMBOLS),
+            timeout_s=5,
+        )
+        with anyio.fail_after(5):
+            await server.wait_until(lambda: 1000 in server.stats.client_close_codes)
+        tg.cancel_scope.cancel()
+
+    log = service.log()
+    print(f"\nSIGTERM at 10 000 quotes/s: exit {code} after {took * 1000:.0f} ms")
+    assert code == 0
+    assert took < 2.0
+    assert received_at_exit > 5_000
+    assert "could not be written" not in log
+    assert '"msg":"stopped"' in log
+    assert SECRET not in log
+
+
+# --- 8. active/standby ------------------------------------------------------------------------
+
+LEASE_TTL_S = 3.0
+# /health is polled every 50 ms and a process needs a moment to answer: a little slack on top.
+TAKEOVER_SLACK_S = 0.5
+
+
+async def roles(services: list[ServiceProcess]) -> list[object]:
+    found: list[object] = []
+    for service in services:
+        health = await service.health()
+        found.append(None if health is None else health["role"])
+    return found
+
+
+async def test_ha_one_leader_and_the_standby_takes_over_within_the_lease_ttl(
+    tmp_path: Path, own_redis_server: RedisServer
+) -> None:
+    """Two instances with MDS_HA=true and MDS_HA_LEASE_TTL=3, one Redis, one venue, the SAME
+    keys: exactly one is leader (/health role) and streams, the other stands by; the venue
+    never sees two authenticated sessions at once (an overlap would also show as a 406). The
+    leader is killed with SIGKILL: the standby becomes leader within the lease TTL, re-opens
+    the single session and prices resume in Redis."""
+    config = ServerConfig(rate=500, batch=10, bar_interval_s=None, seed=29)
+    ha = {
+        "MDS_SYMBOLS": ",".join(SYMBOLS),
+        "MDS_HA": "true",
+        "MDS_HA_LEASE_TTL": str(LEASE_TTL_S),
+    }
+    peak = [0]
+    async with (
+        alpaca_server(config) as server,
+        anyio.create_task_group() as tg,
+        PriceReader(own_redis_server.url) as reader,
+    ):
+        tg.start_soon(track_peak, server, lambda: authenticated_sessions(server), peak)
+        async with (
+            service_process(tmp_path, server, own_redis_server.url, **ha) as first,
+            service_process(tmp_path, server, own_redis_server.url, **ha) as second,
+        ):
+            services = [first, second]
+
+            async def one_leader_streaming() -> bool:
+                found = await roles(services)
+                if sorted(map(str, found)) != ["leader", "standby"]:
+                    return False
+                return quotes_of_active_session(server) >= set(SYMBOLS)
+
+            await wait_for(one_leader_streaming, timeout_s=20, step_s=0.05)
+            found = await roles(services)
+            leader = services[found.index("leader")]
+            standby = services[found.index("standby")]
+            standby_health = await standby.health()
+            assert standby_health is not None and standby_health["status"] == "healthy"
+            assert authenticated_sessions(server) == 1
+            started_ns = wall_ns()
+
+            async def fresh_since(ts_ns: int) -> bool:
+                stamps = await cached_timestamps(reader, SYMBOLS)
+                return all(ts > ts_ns for ts in stamps.values())
+
+            await wait_for(lambda: fresh_since(started_ns), timeout_s=10)
+
+            leader.kill()  # SIGKILL
+            killed_at = anyio.current_time()
+            killed_ns = wall_ns()
+            await standby.wait_health(lambda h: h["role"] == "leader", timeout_s=10)
+            took_over_after = anyio.current_time() - killed_at
+            await standby.wait_health(
+                lambda h: h["status"] == "healthy" and h["subscribed_symbols"] == len(SYMBOLS)
+            )
+            await wait_for(lambda: fresh_since(killed_ns), timeout_s=10)
+            resumed_after = anyio.current_time() - killed_at
+            auth_successes = server.stats.auth_successes
+        tg.cancel_scope.cancel()
+
+    print(
+        f"\nHA (lease TTL {LEASE_TTL_S:g} s): standby leader {took_over_after * 1000:.0f} ms "
+        f"after SIGKILL; prices fresh again after {resumed_after * 1000:.0f} ms"
+    )
+    assert took_over_after <= LEASE_TTL_S + TAKEOVER_SLACK_S
+    assert peak[0] == 1
+    assert server.stats.errors_sent[406] == 0
+    assert auth_successes == 2  # the first leader's session, then the new leader's
