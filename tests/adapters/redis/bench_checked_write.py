@@ -152,14 +152,17 @@ def bench_standalone(seconds: float) -> None:
 
             def encode(nb: Callable[[], list[Price]] = nb) -> object:
                 batch = nb()
-                return publishing._args(batch, [p.to_json() for p in batch], True)
+                return publishing._args(
+                    batch, [p.to_json() for p in batch], [p.timestamp for p in batch], True
+                )
 
             rows.append(
                 ("  of which: make batch, encode JSON, build args", size, per_call(encode, seconds))
             )
             batch = nb()
             keys = ["price:" + p.symbol for p in batch]
-            args = [*keys, *publishing._args(batch, [p.to_json() for p in batch], True)]
+            stamps = [p.timestamp for p in batch]
+            args = [*keys, *publishing._args(batch, [p.to_json() for p in batch], stamps, True)]
             packer = client.connection_pool.get_connection()
             try:
                 rows.append(
