@@ -197,8 +197,7 @@ class KeepConnected:
         on_events = self._on_events
         async for batch in session.events():
             status.last_message_ns = clock.now_ns()
-            now = clock.monotonic()
-            status.last_message_at = now
-            if backoff.attempts and backoff.healthy_at(now):
+            # Only a session that followed failures needs the clock (to reset the backoff).
+            if backoff.attempts and backoff.healthy_at(clock.monotonic()):
                 status.reconnect_attempts = 0
             on_events(batch)

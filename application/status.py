@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -41,7 +40,6 @@ class ServiceStatus:
     reconnect_attempts: int = 0  # consecutive failed attempts since the last healthy session
     reconnects: int = 0  # every reconnect since start
     last_message_ns: int | None = None  # wall time of the last frame received
-    last_message_at: float | None = None  # monotonic time of the same
     connected_since: float | None = None
     store: StoreState = StoreState.OK
     store_error: str | None = None
@@ -55,7 +53,6 @@ class ServiceStatus:
     last_sync_error: str | None = None
     pending_writes: int = 0
     counters: Counter[str] = field(default_factory=Counter)
-    on_change: Callable[[ServiceStatus], None] | None = None
 
     @property
     def state(self) -> ConnectionState:

@@ -95,8 +95,8 @@ class StreamMidPrices:
         self._conflating = False
         self._newest_ts: dict[str, int] = {}
         self._wakeup = anyio.Event()
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._writing = False
+        self._idle_event: anyio.Event | None = None  # made only while someone waits for idle
 
     # -- reader side: synchronous, never waits ---------------------------------------------
     def handle(self, events: Sequence[MarketEvent]) -> None:
@@ -132,7 +132,6 @@ class StreamMidPrices:
             counters["prices"] += queued
             if len(self._queue) > self._max_pending:
                 self._start_conflating()
-            self._idle = anyio.Event() if self._idle.is_set() else self._idle
             self._wakeup.set()
         self._status.pending_writes = len(self._queue) + len(self._latest)
 
@@ -198,11 +197,17 @@ class StreamMidPrices:
         failures = 0
         while True:
             if not self.pending:
-                self._idle.set()
+                if self._idle_event is not None:
+                    self._idle_event.set()
+                    self._idle_event = None
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
                 continue
-            ok = await self._write_once()
+            self._writing = True
+            try:
+                ok = await self._write_once()
+            finally:
+                self._writing = False
             if ok:
                 failures = 0
                 continue
@@ -246,8 +251,10 @@ class StreamMidPrices:
 
     async def wait_idle(self) -> None:
         """Return once nothing is pending (the writer has written everything handed to it)."""
-        while self.pending or not self._idle.is_set():
-            await self._idle.wait()
+        while self.pending or self._writing:
+            if self._idle_event is None:
+                self._idle_event = anyio.Event()
+            await self._idle_event.wait()
 
     async def flush(self, timeout_s: float) -> int:
         """Write what is pending within ``timeout_s`` (shielded: used at shutdown).

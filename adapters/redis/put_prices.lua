@@ -1,7 +1,9 @@
 -- Latest-wins write of a batch of prices, optionally publishing each applied one.
 --
--- For each price: apply (SET key json PX ttl) only when the key is absent, holds no readable
--- timestamp, or holds a timestamp that is not newer than the new one. Timestamps are the
+-- For each price, in order: apply it only when the key is absent, holds no readable
+-- timestamp, or holds a timestamp that is not newer than the new one (nor than a price of the
+-- same key applied earlier in the batch); each key ends with its last applied price
+-- (SET key json PX ttl, once per key). Timestamps are the
 -- fixed-width ISO text of domain.timestamps, so string order is time order. Applied prices are
 -- published on <channel prefix><symbol> with the same bytes (when asked to).
 --
@@ -23,25 +25,35 @@ if #KEYS == 0 then
   base = 5 + n
 end
 local flags = {}
+-- Per key within this batch: the newest timestamp known (cached or applied), and the index of
+-- the last applied price. A symbol that appears many times in a batch is read once and written
+-- once (its last applied price); every applied price is still published, in order.
+local newest = {}
+local last_applied = {}
 for i = 1, #keys do
   local key = keys[i]
-  local json = ARGV[base + 2 * i - 1]
   local ts = ARGV[base + 2 * i]
-  local apply = true
-  -- pcall: a key of another type (a stray hash) is overwritten, not an error for the batch.
-  local current = redis.pcall('GET', key)
-  if type(current) == 'string' then
-    local current_ts = string.match(current, '"timestamp":"([^"]+)"')
-    if current_ts and current_ts > ts then apply = false end
+  local current_ts = newest[key]
+  if current_ts == nil then
+    -- pcall: a key of another type (a stray hash) is overwritten, not an error for the batch.
+    local current = redis.pcall('GET', key)
+    current_ts = type(current) == 'string' and string.match(current, '"timestamp":"([^"]+)"')
+      or ''
+    newest[key] = current_ts
   end
-  if apply then
-    redis.call('SET', key, json, 'PX', ttl)
+  if current_ts > ts then
+    flags[i] = '0'
+  else
+    newest[key] = ts
+    last_applied[key] = i
     if publish then
-      redis.call('PUBLISH', channel_prefix .. string.sub(key, prefix_len + 1), json)
+      redis.call('PUBLISH', channel_prefix .. string.sub(key, prefix_len + 1),
+        ARGV[base + 2 * i - 1])
     end
     flags[i] = '1'
-  else
-    flags[i] = '0'
   end
+end
+for key, i in pairs(last_applied) do
+  redis.call('SET', key, ARGV[base + 2 * i - 1], 'PX', ttl)
 end
 return table.concat(flags)
