@@ -6,6 +6,7 @@
 - ``replay``         run the service on a recording (``MDS_FEED=replay``)
 - ``price``          the cached prices of some symbols, from Redis, with age and staleness
 - ``watch``          a live terminal table of bid/ask/mid/age from Redis pub/sub
+- ``bench``          end-to-end benchmark: the service against alpaca-py + redis.asyncio
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("run", "stream-server", "record", "replay", "price", "watch")
+COMMANDS = ("run", "stream-server", "record", "replay", "price", "watch", "bench")
 
 
 def _settings_or_exit() -> object:
@@ -254,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_price(rest)
     if command == "watch":
         return cmd_watch(rest)
+    if command == "bench":
+        from entrypoints.bench import main as bench_main
+
+        return bench_main(rest)
     print(f"mds: unknown command {command!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
     return 2
 
