@@ -510,8 +510,15 @@ class AlpacaSession:
             except FeedError as e:
                 self._fail(e)
                 raise
-            with trio.move_on_after(timeout):
-                await pending.done.wait()
+            # The ack queues behind data frames on a busy stream: while frames keep arriving
+            # (progress), keep waiting, up to six timeouts; silence for a timeout ends it.
+            give_up_at = trio.current_time() + 6 * timeout
+            while not pending.done.is_set():
+                waiting_since = trio.current_time()
+                with trio.move_on_after(timeout):
+                    await pending.done.wait()
+                if self._last_frame_at <= waiting_since or trio.current_time() >= give_up_at:
+                    break
         finally:
             if self._pending is pending:
                 self._pending = None

@@ -375,6 +375,26 @@ async def test_no_ack_ends_the_session() -> None:
                         pass
 
 
+async def test_a_late_ack_behind_flowing_data_is_still_awaited() -> None:
+    """On a busy stream the ack queues behind data frames: while frames keep arriving the
+    subscribe keeps waiting past subscribe_ack_timeout_s (up to six of them)."""
+    with trio.fail_after(GUARD_S):
+        async with fake_alpaca(Script(ack=False)) as server:
+            feed = make_feed(server.url, subscribe_ack_timeout_s=0.3)
+            async with feed.connect() as session, trio.open_nursery() as nursery:
+                conn = server.last
+
+                async def late_ack() -> None:
+                    for _ in range(10):  # 1 s of data, more than three ack timeouts
+                        await conn.send([quote("AAPL", 1.0, 2.0)])
+                        await trio.sleep(0.1)
+                    await conn.send(conn.ack_frame(Script()))
+
+                nursery.start_soon(late_ack)
+                ack = await session.subscribe(Subscriptions.quotes({"AAPL"}))
+                assert ack.confirmed.symbols() == {"AAPL"}
+
+
 async def test_403_is_ignored_and_the_session_goes_on() -> None:
     with trio.fail_after(GUARD_S):
         async with fake_alpaca() as server:
