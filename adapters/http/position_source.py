@@ -369,7 +369,25 @@ def parse_alpaca_positions(
     return collected
 
 
-class GatewayPositionSource:
+class _OwnsHttpClient:
+    """``async with source:`` opens and closes the source's own httpx client."""
+
+    _http: _JsonGetter
+
+    async def __aenter__(self) -> Self:
+        await self._http.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._http.close()
+
+
+class GatewayPositionSource(_OwnsHttpClient):
     """Open positions from the platform's execution gateway: ``GET {url}``.
 
     Accepted answers (HTTP 200, JSON):
@@ -418,18 +436,6 @@ class GatewayPositionSource:
     def __repr__(self) -> str:
         return f"GatewayPositionSource({safe_url(self._http.url)!r})"
 
-    async def __aenter__(self) -> Self:
-        await self._http.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._http.close()
-
     async def open_position_symbols(self) -> frozenset[str]:
         """Symbols with a non-zero position; see the class docstring for shapes and errors."""
         collected = parse_gateway_positions(await self._http.get_json())
@@ -437,7 +443,7 @@ class GatewayPositionSource:
         return _report("positions gateway", collected)
 
 
-class AlpacaPositionSource:
+class AlpacaPositionSource(_OwnsHttpClient):
     """Open positions of an Alpaca account: ``GET {base_url}/v2/positions``.
 
     ``base_url`` is ``https://paper-api.alpaca.markets`` (paper) or
@@ -495,18 +501,6 @@ class AlpacaPositionSource:
 
     def __repr__(self) -> str:
         return f"AlpacaPositionSource({self.base_url!r}, api_key='***', secret_key='***')"
-
-    async def __aenter__(self) -> Self:
-        await self._http.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._http.close()
 
     async def open_position_symbols(self) -> frozenset[str]:
         """Symbols with a non-zero position; see the class docstring for shapes and errors."""
