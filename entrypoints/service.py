@@ -12,6 +12,7 @@ reconnect attempts), with one clear log line saying why and what to check.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -174,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}={value}")
         return 0
     configure_logging(settings.log_format, settings.log_level, secrets=settings.secret_values())
+    # Quotes and prices are short-lived tuples: move everything alive after start-up out of
+    # the collector's way and collect the young generation less often (fewer, shorter pauses).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 50)
     try:
         anyio.run(run, settings, backend="trio")
     except FatalFeedError as e:
