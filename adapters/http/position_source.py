@@ -29,7 +29,7 @@ import email.utils
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from types import TracebackType
 from typing import Final, Self
@@ -269,6 +269,18 @@ class _JsonGetter:
         return None
 
 
+def _positions(items: list[object], what: str) -> Iterator[tuple[dict[str, object], Decimal]]:
+    """Each position object with its quantity; raises PositionSourceError naming the first one
+    that is not an object, lacks ``symbol`` or ``qty``, or has a non-numeric ``qty``."""
+    for index, item in enumerate(items):
+        where = f"{what}: position #{index}"
+        if not isinstance(item, dict):
+            raise PositionSourceError(f"{where} is not an object: {_short(item)}")
+        if "symbol" not in item or "qty" not in item:
+            raise PositionSourceError(f"{where} lacks 'symbol' or 'qty'")
+        yield item, _qty(item["qty"], where)
+
+
 def _qty(value: object, where: str) -> Decimal:
     """A position quantity from a JSON number or numeric string; raises PositionSourceError."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -329,13 +341,8 @@ def parse_gateway_positions(body: object, what: str = "positions gateway") -> _C
             f"got {type(items).__name__}"
         )
     collected = _Collected()
-    for index, item in enumerate(items):
-        where = f"{what}: position #{index}"
-        if not isinstance(item, dict):
-            raise PositionSourceError(f"{where} is not an object: {_short(item)}")
-        if "symbol" not in item or "qty" not in item:
-            raise PositionSourceError(f"{where} lacks 'symbol' or 'qty'")
-        collected.add(item["symbol"], _qty(item["qty"], where))
+    for item, qty in _positions(items, what):
+        collected.add(item["symbol"], qty)
     return collected
 
 
@@ -350,13 +357,7 @@ def parse_alpaca_positions(
             f"{what}: expected a list of positions, got {type(body).__name__}"
         )
     collected = _Collected()
-    for index, item in enumerate(body):
-        where = f"{what}: position #{index}"
-        if not isinstance(item, dict):
-            raise PositionSourceError(f"{where} is not an object: {_short(item)}")
-        if "symbol" not in item or "qty" not in item:
-            raise PositionSourceError(f"{where} lacks 'symbol' or 'qty'")
-        qty = _qty(item["qty"], where)
+    for item, qty in _positions(body, what):
         asset_class = item.get("asset_class")
         if asset_class is not None and asset_classes is not None:
             skip = asset_class not in asset_classes

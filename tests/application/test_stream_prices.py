@@ -150,7 +150,7 @@ async def test_store_outage_keeps_latest_and_writes_it_on_recovery(
             for i in range(1_000):
                 stream.handle([quote(s, 1 + i / 100, 1.01 + i / 100, T0 + i) for s in "XYZ"])
                 if i % 50 == 0:
-                    await anyio.sleep(0.1)
+                    await anyio.sleep(0.1)  # virtual time (MockClock): lets retries run
                 assert stream.pending <= 100 + 3
             await eventually(lambda: status.store is StoreState.DEGRADED)
             assert status.counters["cache_write_errors"] > 0
@@ -179,7 +179,7 @@ async def test_a_long_outage_stays_conflated_and_the_first_write_after_it_is_the
                 if i > 200:  # once conflated, it stays one price per symbol
                     assert stream.pending <= 3
                 if i % 20 == 0:
-                    await anyio.sleep(0.5)  # failed retries happen meanwhile
+                    await anyio.sleep(0.5)  # virtual time: failed retries happen meanwhile
             assert status.counters["cache_write_errors"] > 10
             cache.fail_writes = False
             await eventually(lambda: status.store is StoreState.OK, step_s=0.001)

@@ -58,7 +58,7 @@ class ServiceProcess:
                 health = await self.health()
                 if health is not None and check(health):
                     return health
-                await anyio.sleep(0.05)
+                await anyio.sleep(0.05)  # poll interval; fail_after bounds the wait
 
     async def metrics(self) -> dict[str, float]:
         """The current ``/metrics`` as ``{'name{labels}': value}`` (see :func:`parse_metrics`)."""

@@ -108,7 +108,7 @@ done = threading.Event()
 def sample():
     while not done.is_set():
         peak[0] = max(peak[0], rss())
-        time.sleep(0.0005)
+        time.sleep(0.0005)  # RSS sampling cadence, not synchronisation
 sampler = threading.Thread(target=sample)
 sampler.start()
 started = time.perf_counter()

@@ -64,7 +64,7 @@ async def test_position_source_down_for_several_cycles_keeps_subscriptions_then_
                         assert now["desired"] == before["desired"], now
                         health = await service.health()
                         assert health is not None and health["status"] == "healthy", health
-                        await anyio.sleep(0.1)
+                        await anyio.sleep(0.1)  # poll interval; fail_after bounds it
 
             gateway.status = 500
             await failing_cycles_keep_everything(2)
