@@ -30,15 +30,40 @@ local flags = {}
 -- once (its last applied price); every applied price is still published, in order.
 local newest = {}
 local last_applied = {}
+local channels = {}
+local function stamp_of(current)
+  -- The cached record's timestamp ('' when absent, not a string, or without one).
+  if type(current) ~= 'string' then return '' end
+  local _, e = string.find(current, '"timestamp":"', 1, true)
+  return e and string.match(current, '^[^"]+', e + 1) or ''
+end
+if #KEYS > 0 then
+  -- Standalone/Sentinel: read every distinct key with one MGET per 1000 keys (a value of
+  -- another type reads as nil and is overwritten). A cluster node cannot MGET across slots,
+  -- so there each key is read on first sight below.
+  local distinct = {}
+  for i = 1, #keys do
+    local key = keys[i]
+    if newest[key] == nil then
+      newest[key] = false
+      distinct[#distinct + 1] = key
+    end
+  end
+  for first = 1, #distinct, 1000 do
+    local last = math.min(first + 999, #distinct)
+    local values = redis.call('MGET', unpack(distinct, first, last))
+    for j = first, last do
+      newest[distinct[j]] = stamp_of(values[j - first + 1])
+    end
+  end
+end
 for i = 1, #keys do
   local key = keys[i]
   local ts = ARGV[base + 2 * i]
   local current_ts = newest[key]
   if current_ts == nil then
     -- pcall: a key of another type (a stray hash) is overwritten, not an error for the batch.
-    local current = redis.pcall('GET', key)
-    current_ts = type(current) == 'string' and string.match(current, '"timestamp":"([^"]+)"')
-      or ''
+    current_ts = stamp_of(redis.pcall('GET', key))
     newest[key] = current_ts
   end
   if current_ts > ts then
@@ -47,8 +72,12 @@ for i = 1, #keys do
     newest[key] = ts
     last_applied[key] = i
     if publish then
-      redis.call('PUBLISH', channel_prefix .. string.sub(key, prefix_len + 1),
-        ARGV[base + 2 * i - 1])
+      local channel = channels[key]
+      if channel == nil then
+        channel = channel_prefix .. string.sub(key, prefix_len + 1)
+        channels[key] = channel
+      end
+      redis.call('PUBLISH', channel, ARGV[base + 2 * i - 1])
     end
     flags[i] = '1'
   end

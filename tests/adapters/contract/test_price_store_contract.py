@@ -129,6 +129,19 @@ async def test_same_symbol_twice_in_a_batch_applies_in_order(store: StoreUnderTe
     assert await store.cache.get(s) == third
 
 
+async def test_large_batch_checks_every_symbol(store: StoreUnderTest) -> None:
+    # 2,500 distinct symbols: Redis reads them in chunks of 1,000 (MGET); newer cached prices
+    # at and around the chunk edges must each refuse exactly their own symbol.
+    symbols = [store.symbol("L") for _ in range(2_500)]
+    guarded = [0, 999, 1_000, 1_001, 1_999, 2_000, 2_499]
+    await store.cache.put_many([price(symbols[i], T0 + 100) for i in guarded])
+    batch = [price(s, T0 + 50) for s in symbols]
+    applied = await store.cache.put_many(batch)
+    assert list(applied) == [p for i, p in enumerate(batch) if i not in guarded]
+    got = await store.cache.get_many([symbols[i] for i in (0, 1, 1_000, 2_498, 2_499)])
+    assert [p.ts_event_ns for p in got.values()] == [T0 + 100, T0 + 50, T0 + 100, T0 + 50, T0 + 100]
+
+
 async def test_published_once_in_order_per_symbol(store: StoreUnderTest) -> None:
     a, b = store.symbol("PA"), store.symbol("PB")
     batches = [[price(a, T0 + 10 * i), price(b, T0 + 10 * i + 1, 2.0, 3.0 + i)] for i in range(20)]
