@@ -795,6 +795,21 @@ def feed_floor(fmt: str, batch: int, symbols: int, seconds: float) -> dict[str, 
     return found
 
 
+def thread_hop_floor(frame_rate: float, seconds: float) -> dict[str, float] | None:
+    """One ``anyio.to_thread`` round trip under trio, paced at ``frame_rate``
+    (:mod:`entrypoints.bench_hop`, a fresh process): the writer pays it once per frame."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "entrypoints.bench_hop", "--rate", f"{frame_rate:g}",
+             "--seconds", f"{seconds:g}"],
+            cwd=REPO, capture_output=True, text=True, timeout=seconds + 60, check=True,
+        )  # fmt: skip
+        result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return None
+    return result
+
+
 # --- the whole run -------------------------------------------------------------------------------
 
 
@@ -929,17 +944,30 @@ def _floors(opts: Options, children: Children, redis: RedisProcess) -> dict[str,
         floors["subscriber"] = publish_floor(opts, children, redis)
         opts.log(f"  subscriber takes {floors['subscriber']['throughput']:,.0f} prices/s")
         for rate in opts.rates:
-            key = f"latency@{rate}"
-            floors[key] = publish_floor(opts, children, redis, rate, pipeline=opts.batches[0])
-            lat = floors[key]["latency_ms"] or {}
-            opts.log(
-                f"floor: Redis pub/sub + subscriber at {rate:,}/s (pipelines of "
-                f"{opts.batches[0]}): p50 {_f(lat.get('p50'), 2)} p99 {_f(lat.get('p99'), 2)} "
-                f"p99.9 {_f(lat.get('p99.9'), 2)} ms"
-            )
+            for batch in opts.batches:
+                key = f"latency@{rate}/{batch}"
+                floors[key] = publish_floor(opts, children, redis, rate, pipeline=batch)
+                floors[key]["pipeline"] = batch
+                lat = floors[key]["latency_ms"] or {}
+                opts.log(
+                    f"floor: Redis pub/sub + subscriber at {rate:,}/s (pipelines of {batch}): "
+                    f"p50 {_f(lat.get('p50'), 2)} p99 {_f(lat.get('p99'), 2)} "
+                    f"p99.9 {_f(lat.get('p99.9'), 2)} ms"
+                )
     except BenchError as e:
         floors.setdefault("subscriber", {"error": str(e)})
         opts.log(f"  ERROR {e}")
+    hops: dict[str, dict[str, float]] = {}
+    for frame_rate in sorted({rate / batch for rate in opts.rates for batch in opts.batches}):
+        hop = thread_hop_floor(frame_rate, max(3.0, opts.duration_s))
+        if hop is not None:
+            hops[f"{frame_rate:g}"] = hop
+            opts.log(
+                f"floor: one worker-thread round trip at {frame_rate:g} frames/s: p50 "
+                f"{_f(hop['p50_us'])} p99 {_f(hop['p99_us'])} us (back to back: "
+                f"{_f(hop['hot_p50_us'])} us)"
+            )
+    floors["thread_hop"] = hops
     feed: dict[str, dict[str, float | None]] = {}
     for fmt in opts.formats:
         for batch in opts.batches:
@@ -1156,11 +1184,19 @@ def markdown(doc: dict[str, Any]) -> str:
         for key, floor in floors.items():
             if key.startswith("latency@") and floor.get("latency_ms"):
                 lat = floor["latency_ms"]
+                pipeline = floor.get("pipeline")
                 lines.append(
                     f"Latency floor, PUBLISH -> subscriber at {floor['rate']:,}/s without the "
-                    f"service: p50 {_f(lat.get('p50'), 2)}, p99 {_f(lat.get('p99'), 2)}, "
+                    + (f"service (pipelines of {pipeline}): " if pipeline else "service: ")
+                    + f"p50 {_f(lat.get('p50'), 2)}, p99 {_f(lat.get('p99'), 2)}, "
                     f"p99.9 {_f(lat.get('p99.9'), 2)} ms."
                 )
+        for frame_rate, hop in (floors.get("thread_hop") or {}).items():
+            lines.append(
+                f"One worker-thread round trip (anyio.to_thread under trio, paced) at "
+                f"{frame_rate} frames/s: p50 {_f(hop['p50_us'])}, p99 {_f(hop['p99_us'])} us "
+                f"(back to back {_f(hop['hot_p50_us'])} us)."
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from entrypoints.bench import Options, markdown, run_bench
+from entrypoints import bench_hop
+from entrypoints.bench import Options, markdown, run_bench, thread_hop_floor
 
 pytestmark = pytest.mark.e2e
 
@@ -43,3 +44,18 @@ def test_bench_measures_the_service_end_to_end() -> None:
         assert r["bad_messages"] == 0 and r["missing"] == 0
         assert r["received"] > 0
     assert "| mds | msgpack | 10 | 100 |" in markdown(doc)
+
+
+def test_thread_hop_floor_is_measured_in_a_fresh_process() -> None:
+    hop = thread_hop_floor(200.0, 0.25)
+    assert hop is not None
+    assert hop["rate"] == 200.0 and 20 <= hop["n"] <= 60  # paced: ~50 hops in 0.25 s
+    assert 0 < hop["hot_p50_us"] < 100_000
+    assert 0 < hop["p50_us"] <= hop["p99_us"] <= hop["p99_9_us"] < 1_000_000
+
+
+def test_bench_hop_refuses_a_rate_of_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        bench_hop.main(["--rate", "0"])
+    assert info.value.code == 2
+    assert "--rate and --seconds must be > 0" in capsys.readouterr().err
