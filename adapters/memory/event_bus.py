@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from adapters.inbox import Inbox, SubscriptionStats
 from domain.price import Price
 
 
@@ -18,8 +19,7 @@ from domain.price import Price
 class _Subscriber:
     symbols: frozenset[str]
     pattern: str | None
-    send: MemoryObjectSendStream[Price]
-    dropped: int = 0
+    inbox: Inbox[Price]
 
     def wants(self, symbol: str) -> bool:
         return symbol in self.symbols or (
@@ -36,8 +36,9 @@ class _Listener:
 @dataclass(eq=False)
 class InMemoryEventBus:
     """``published`` keeps the last ``keep`` prices published (all of them in tests), ``signals``
-    the control signals. A subscriber that falls ``buffer`` messages behind loses the newest ones,
-    counted in ``dropped``. Set ``fail_publishes`` to simulate an outage."""
+    the control signals. A subscriber that falls ``buffer`` messages behind loses the OLDEST ones
+    (as on Redis: it keeps the latest prices), counted in its iterator's ``stats.dropped`` and in
+    ``dropped``. Set ``fail_publishes`` to simulate an outage."""
 
     keep: int | None = None
     buffer: int = 10_000
@@ -56,27 +57,24 @@ class InMemoryEventBus:
             raise ConnectionError("in-memory bus: publishing failing (simulated outage)")
         self.published.extend(prices)
         for sub in self._subscribers:
-            for price in prices:
-                if sub.wants(price.symbol):
-                    try:
-                        sub.send.send_nowait(price)
-                    except anyio.WouldBlock:
-                        sub.dropped += 1
-                        self.dropped += 1
+            wanted = [price for price in prices if sub.wants(price.symbol)]
+            if wanted:
+                before = sub.inbox.stats.dropped
+                sub.inbox.deliver(wanted)
+                self.dropped += sub.inbox.stats.dropped - before
 
     @asynccontextmanager
     async def subscribe(
         self, symbols: Collection[str] = (), pattern: str | None = None
     ) -> AsyncIterator[AsyncIterator[Price]]:
-        send, receive = anyio.create_memory_object_stream[Price](self.buffer)
-        sub = _Subscriber(frozenset(symbols), pattern, send)
+        inbox = Inbox[Price](self.buffer, SubscriptionStats(), "in-memory price subscription")
+        sub = _Subscriber(frozenset(symbols), pattern, inbox)
         self._subscribers.append(sub)
         try:
-            async with receive:
-                yield receive
+            yield inbox
         finally:
             self._subscribers.remove(sub)
-            send.close()
+            inbox.close()
 
     async def notify(self, channel: str, payload: bytes = b"") -> None:
         if self.fail_publishes:

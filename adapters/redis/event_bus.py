@@ -32,13 +32,13 @@ from fnmatch import fnmatchcase
 from redis.client import PubSub
 from redis.cluster import RedisCluster
 
+from adapters.inbox import SubscriptionStats
 from adapters.redis import _redispy, sharded
 from adapters.redis.connection import RedisConnection
 from adapters.redis.price_cache import DEFAULT_KEY_PREFIX, AppliedPrices
 from adapters.redis.pubsub import (
     Message,
     Opened,
-    SubscriptionStats,
     pump_subscription,
     subscribe_and_confirm,
 )

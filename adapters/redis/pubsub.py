@@ -9,9 +9,9 @@ thread (JSON parsing off the event loop) and hands them over in batches, one
 ``anyio.from_thread`` hop per batch. Leaving the context sets a stop flag and joins the threads
 (each notices within 0.2 s) under a shielded scope; the threads close their connections.
 
-Bounded: the inbox holds ``capacity`` items; on overflow the OLDEST are dropped and counted
-(``stats.dropped``), so a slow consumer sees the latest updates and memory stays flat. Order is
-kept for what is delivered (one connection per channel, FIFO inbox).
+Bounded: the :class:`adapters.inbox.Inbox` holds ``capacity`` items; on overflow the OLDEST are
+dropped and counted (``stats.dropped``), so a slow consumer sees the latest updates and memory
+stays flat. Order is kept for what is delivered (one connection per channel, FIFO inbox).
 
 Failure: a lost connection is not silently re-established (the subscriber would not know it
 missed messages): the consumer's iterator raises :class:`RedisUnavailable` (a
@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ import anyio.lowlevel
 import redis
 from redis.client import PubSub
 
+from adapters.inbox import Inbox, SubscriptionStats
 from adapters.redis.connection import RedisConnection, RedisUnavailable, translate
 
 log = logging.getLogger(__name__)
@@ -49,82 +49,6 @@ POLL_S = 0.2
 MAX_HANDOFF = 1024
 _CONFIRMATIONS = frozenset({"subscribe", "psubscribe", "ssubscribe"})
 _DATA = frozenset({"message", "pmessage", "smessage"})
-
-
-@dataclass
-class SubscriptionStats:
-    """Counters of one subscription (read them from the event loop's thread)."""
-
-    received: int = 0
-    dropped: int = 0
-    malformed: int = 0
-
-
-class Inbox(Generic[T]):
-    """Bounded FIFO between the receiving threads and the consumer; also its async iterator.
-
-    ``deliver``/``fail``/``close`` run on the event loop's thread (via ``from_thread``)."""
-
-    def __init__(self, capacity: int, stats: SubscriptionStats, what: str) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be >= 1")
-        self._items: deque[T] = deque()
-        self._capacity = capacity
-        self._error: BaseException | None = None
-        self._closed = False
-        self._waiter: anyio.Event | None = None
-        self.stats = stats
-        self._what = what
-
-    def deliver(self, items: list[T]) -> None:
-        if self._closed:
-            return
-        self.stats.received += len(items)
-        self._items.extend(items)
-        over = len(self._items) - self._capacity
-        if over > 0:
-            for _ in range(over):
-                self._items.popleft()
-            before = self.stats.dropped
-            self.stats.dropped += over
-            if before == 0 or before // 10_000 != self.stats.dropped // 10_000:
-                log.warning(
-                    "%s: consumer is behind, dropped the oldest %d updates so far",
-                    self._what,
-                    self.stats.dropped,
-                )
-        self._wake()
-
-    def fail(self, error: BaseException) -> None:
-        if self._error is None and not self._closed:
-            self._error = error
-            self._wake()
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            self._waiter.set()
-            self._waiter = None
-
-    def __aiter__(self) -> Inbox[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        while True:
-            if self._items:
-                await anyio.lowlevel.checkpoint()  # fairness and a cancellation point
-                if self._items:
-                    return self._items.popleft()
-                continue
-            if self._error is not None:
-                raise self._error
-            if self._closed:
-                raise StopAsyncIteration
-            self._waiter = waiter = anyio.Event()
-            await waiter.wait()
 
 
 @dataclass(eq=False)

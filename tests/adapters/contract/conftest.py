@@ -51,6 +51,7 @@ class StoreUnderTest:
     let_time_pass: Callable[[PriceCache, str, float], Awaitable[float]]
     raw: Callable[[str], Awaitable[bytes | None]]
     remaining_ttl_s: Callable[[str], Awaitable[float | None]]
+    make_bus: Callable[[int], Awaitable[EventBus]]
 
     @staticmethod
     def symbol(stem: str = "C") -> str:
@@ -90,6 +91,14 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[StoreUnderTest]
             )
             return other.cache
 
+        async def make_bus(subscriber_buffer: int) -> EventBus:
+            other = await stack.enter_async_context(
+                open_redis_store(
+                    server.url, subscriber_buffer=subscriber_buffer, require_connection=True
+                )
+            )
+            return other.bus
+
         async def let_time_pass(cache: PriceCache, symbol: str, seconds: float) -> float:
             """Real time must pass for Redis: wait (polling, bounded) until the key is gone."""
             start = anyio.current_time()
@@ -120,7 +129,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[StoreUnderTest]
             return None if ms < 0 else ms / 1000
 
         yield StoreUnderTest(
-            kind, main.cache, main.bus, make_cache, let_time_pass, raw, remaining_ttl_s
+            kind, main.cache, main.bus, make_cache, let_time_pass, raw, remaining_ttl_s, make_bus
         )
 
 
@@ -146,6 +155,16 @@ def _memory_store() -> StoreUnderTest:
         expires = cache.expires_at.get(symbol)
         return None if expires is None else expires - clock.t
 
+    async def make_bus(subscriber_buffer: int) -> EventBus:
+        return InMemoryEventBus(buffer=subscriber_buffer)
+
     return StoreUnderTest(
-        "memory", cache, InMemoryEventBus(), make_cache, let_time_pass, raw, remaining_ttl_s
+        "memory",
+        cache,
+        InMemoryEventBus(),
+        make_cache,
+        let_time_pass,
+        raw,
+        remaining_ttl_s,
+        make_bus,
     )

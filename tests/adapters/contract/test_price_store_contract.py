@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
+from typing import cast
+
 import anyio
 
+from adapters.inbox import Inbox
 from domain.price import Price
 from ports.event_bus import POSITIONS_CHANGED_CHANNEL
 from tests.adapters.contract.conftest import T0, StoreUnderTest, price
@@ -157,6 +160,30 @@ async def test_published_once_in_order_per_symbol(store: StoreUnderTest) -> None
     assert len(got) == 41
     assert [p for p in got if p.symbol == a] == [batch[0] for batch in batches] + [marker]
     assert [p for p in got if p.symbol == b] == [batch[1] for batch in batches]
+
+
+async def test_slow_subscriber_keeps_the_latest_and_counts_what_it_lost(
+    store: StoreUnderTest,
+) -> None:
+    # Buffer 5, 20 prices published while the subscriber reads nothing: it loses the 15 OLDEST
+    # (counted) and then reads the latest 5, in order. (Both buses, so consumers behave alike.)
+    bus = await store.make_bus(5)
+    s = store.symbol("SLOW")
+    batch = [price(s, T0 + i) for i in range(20)]
+    async with bus.subscribe(symbols=[s]) as prices:
+        applied = await store.cache.put_many(batch)
+        await bus.publish_many(applied)
+        stats = cast(Inbox[Price], prices).stats
+        with anyio.fail_after(5):
+            while stats.received < 20:  # Redis delivers from its receiving thread
+                await anyio.sleep(0.01)
+        assert stats.dropped == 15
+        assert await receive(prices, 5) == batch[15:]
+        # Nothing more was queued (no duplicate delivery): the next thing read is a marker.
+        marker = price(s, T0 + 100)
+        await bus.publish_many(await store.cache.put_many([marker]))
+        assert await receive_until(prices, marker) == [marker]
+        assert stats.dropped == 15
 
 
 async def test_subscriber_gets_only_its_symbols_and_pattern(store: StoreUnderTest) -> None:

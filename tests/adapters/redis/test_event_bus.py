@@ -8,8 +8,8 @@ from typing import cast
 import anyio
 import pytest
 
+from adapters.inbox import Inbox
 from adapters.redis import open_redis_store
-from adapters.redis.pubsub import Inbox
 from domain.price import Price
 from tests.adapters.redis.helpers import T0, in_thread, price, receive, unique, wait_for
 from tests.redis_servers import RedisServer
