@@ -1,0 +1,92 @@
+"""TLS (``rediss://``): a redis-server with a TLS port and a certificate from a throwaway CA
+(trustme). The store and the reader work over TLS when the URL names the CA
+(``?ssl_ca_certs=...``); a server whose certificate the client cannot verify is an outage with
+a clear cause, never a silent plain-text fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+import trustme
+
+from adapters.redis import PriceReader, open_redis_store
+from tests.adapters.redis.helpers import T0, price, receive, unique
+from tests.redis_servers import RedisServer, free_port, start_server
+
+pytestmark = pytest.mark.redis
+
+
+@dataclass(frozen=True)
+class TlsRedis:
+    server: RedisServer
+    tls_port: int
+    ca_file: Path
+
+    def url(self, ca_file: Path | None = None) -> str:
+        return f"rediss://127.0.0.1:{self.tls_port}/0?ssl_ca_certs={ca_file or self.ca_file}"
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "cert.pem", "key.pem"))
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    for i, blob in enumerate(cert.cert_chain_pems):
+        blob.write_to_path(str(cert_file), append=i > 0)
+    tls_port = free_port()
+    server = start_server(
+        directory,
+        extra_args=(
+            "--tls-port", str(tls_port),
+            "--tls-cert-file", str(cert_file),
+            "--tls-key-file", str(key_file),
+            "--tls-ca-cert-file", str(ca_file),
+            "--tls-auth-clients", "no",
+        ),
+    )  # fmt: skip
+    try:
+        yield TlsRedis(server, tls_port, ca_file)
+    finally:
+        server.stop()
+
+
+async def test_store_and_reader_work_over_tls(tls_redis: TlsRedis) -> None:
+    s = unique("TLS")
+    async with open_redis_store(tls_redis.url(), require_connection=True) as store:
+        async with store.bus.subscribe([s]) as prices:
+            applied = await store.cache.put_many([price(s, T0)])
+            await store.bus.publish_many(applied)
+            assert await receive(prices, 1) == [price(s, T0)]
+        assert await store.cache.get(s) == price(s, T0)
+    # The write really went to that server (read back on its plain port).
+    with tls_redis.server.client() as c:
+        assert c.get("price:" + s) == price(s, T0).to_json()
+    with PriceReader(tls_redis.url()) as reader:
+        aged = await anyio.to_thread.run_sync(reader.get_sync, s)
+    assert aged is not None and aged.price == price(s, T0)
+
+
+async def test_a_certificate_from_another_ca_is_refused(
+    tls_redis: TlsRedis, tmp_path: Path
+) -> None:
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    with pytest.raises(ConnectionError) as info:
+        async with open_redis_store(tls_redis.url(other_ca), require_connection=True):
+            pass
+    assert "certificate verify failed" in str(info.value).lower()
+
+
+async def test_plain_redis_url_on_the_tls_port_is_an_outage(tls_redis: TlsRedis) -> None:
+    with pytest.raises(ConnectionError):
+        async with open_redis_store(
+            f"redis://127.0.0.1:{tls_redis.tls_port}/0", require_connection=True
+        ):
+            pass
