@@ -12,7 +12,9 @@ Per configuration (format x batch x symbols) it measures three phases: ``max`` (
 unthrottled: sustained prices/s the subscriber receives over a steady window after a warm-up)
 and fixed rates (default 1,000 and 10,000 quotes/s: latency p50/p99/p99.9 from the server's send
 time to the subscriber's receipt). For each phase: the process's CPU seconds per quote
-(psutil user+sys over the window), its peak RSS (sampled every 100 ms), the CPU share of the
+(psutil user+sys over the window), its peak RSS (sampled every 100 ms) and its RSS at the start
+and at the end of the window (medians of the first and last second: ``--duration 60`` shows
+whether memory stays flat under sustained load), the CPU share of the
 server, Redis and the subscriber (on a small machine they all compete), conflated prices,
 published-but-not-received prices, and the subscriber's checks: inexact mids and per-symbol
 order violations (must be 0 for ``mds``). Numbers are medians over ``--runs``.
@@ -129,6 +131,8 @@ class PhaseResult:
     # redis, subscriber, machine (everything), others (machine minus ours: outside load).
     cpu_share: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
+    # RSS at the start and at the end of the window (MB): flat memory shows as equal numbers.
+    rss_window_mb: tuple[float, float] | None = None
     conflated: int = 0
     dropped: int = 0
     refused_older: int = 0
@@ -368,13 +372,15 @@ class Subscriber:
 
 
 class RssSampler:
-    """Samples a process's RSS every 100 ms on a thread; ``peak`` in bytes."""
+    """Samples a process's RSS every 100 ms on a thread; ``peak`` in bytes, ``samples`` as
+    (monotonic time, bytes) for :meth:`growth`."""
 
     def __init__(self, pid: int) -> None:
         import psutil
 
         self._proc = psutil.Process(pid)
         self.peak = 0
+        self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
         self._thread.start()
@@ -382,14 +388,33 @@ class RssSampler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.peak = max(self.peak, int(self._proc.memory_info().rss))
+                rss = int(self._proc.memory_info().rss)
             except Exception:  # the process is gone
                 return
+            self.peak = max(self.peak, rss)
+            self.samples.append((time.monotonic(), rss))
             self._stop.wait(SAMPLE_EVERY_S)
+
+    def growth(self, start: float, end: float) -> tuple[float, float] | None:
+        """RSS (MB) at the start and at the end of the window [start, end]: the median of the
+        samples of its first and of its last second (one sample alone is noise)."""
+        return rss_growth(self.samples, start, end)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=1.0)
+
+
+def rss_growth(
+    samples: Sequence[tuple[float, int]], start: float, end: float, edge_s: float = 1.0
+) -> tuple[float, float] | None:
+    """Median RSS in MB over ``[start, start + edge_s]`` and over ``[end - edge_s, end]``, or
+    None when either edge has no sample (a window shorter than the edges is one edge)."""
+    first = [rss for t, rss in samples if start <= t <= start + edge_s]
+    last = [rss for t, rss in samples if end - edge_s <= t <= end]
+    if not first or not last:
+        return None
+    return statistics.median(first) / 2**20, statistics.median(last) / 2**20
 
 
 def machine_busy_seconds() -> float:
@@ -571,7 +596,11 @@ def run_phase(opts: Options, children: Children, redis: RedisProcess, target: Ta
         time.sleep(opts.duration_s)  # the measurement window
         c1 = under.counters()
         sub.command("mark")
-        elapsed = time.monotonic() - t0
+        t1 = time.monotonic()
+        elapsed = t1 - t0
+        growth = sampler.growth(t0, t1)
+        if growth is not None:
+            result.rss_window_mb = (round(growth[0], 1), round(growth[1], 1))
         cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         cpu1["machine"] = machine_busy_seconds()
         cpu1["process-sys"] = process_sys_seconds(under.pid)
@@ -887,6 +916,12 @@ def medians(results: Sequence[PhaseResult]) -> list[dict[str, Any]]:
             if values:
                 shares[key] = statistics.median(values)
         row["cpu_share"] = shares
+        windows = [r.rss_window_mb for r in ok if r.rss_window_mb is not None]
+        row["rss_window_mb"] = (
+            [statistics.median(w[0] for w in windows), statistics.median(w[1] for w in windows)]
+            if windows
+            else None
+        )
         sustained = [r.sustained for r in ok if r.sustained is not None]
         row["sustained"] = all(sustained) if sustained else None
         rows.append(row)
@@ -1037,7 +1072,8 @@ def _brief(r: PhaseResult) -> str:
     cpu = "" if r.cpu_us_per_quote is None else f" {r.cpu_us_per_quote:.1f} us/q"
     return (
         f"{r.throughput:,.0f}/s out ({r.quotes_in:,.0f}/s in){lat}{cpu}"
-        f" rss {r.peak_rss_mb:.0f} MB conflated {r.conflated} missing {r.missing}"
+        f" rss {r.peak_rss_mb:.0f} MB{_window(r.rss_window_mb)} conflated {r.conflated}"
+        f" missing {r.missing}"
         f" inexact {r.exact_violations} disorder {r.order_violations}"
     )
 
@@ -1072,13 +1108,23 @@ def _cpu_shares(row: dict[str, Any]) -> str:
     return "/".join([*(_f(s.get(k), 2) for k in keys), _f(_other_load(row), 2)])
 
 
+def _window(rss: Sequence[float] | None) -> str:
+    return "" if rss is None else f" (window {rss[0]:.1f} -> {rss[1]:.1f})"
+
+
+def _rss_window(row: dict[str, Any]) -> str:
+    rss = row.get("rss_window_mb")
+    return "-" if rss is None else f"{rss[0]:.1f} → {rss[1]:.1f}"
+
+
 def _violations(row: dict[str, Any]) -> str:
     return f"{row['exact_violations']}/{row['order_violations']}"
 
 
 THROUGHPUT_COLUMNS: Final = ("impl", "format", "batch", "symbols", "prices/s out", "quotes/s in",
-                             "CPU us/quote", "peak RSS MB", "conflated", "missing",
-                             "inexact/disorder", "cores: svc/srv/redis/sub/other")  # fmt: skip
+                             "CPU us/quote", "peak RSS MB", "RSS MB window start → end",
+                             "conflated", "missing", "inexact/disorder",
+                             "cores: svc/srv/redis/sub/other")  # fmt: skip
 LATENCY_COLUMNS: Final = ("impl", "format", "batch", "symbols", "rate", "prices/s out",
                           "p50 ms", "p99 ms", "p99.9 ms", "CPU us/quote", "peak RSS MB",
                           "inexact/disorder", "sustained", "other load")  # fmt: skip
@@ -1102,7 +1148,7 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[list[str]], list[li
         if r["rate"] == 0:
             throughput.append([
                 *head, _f(r["throughput"]), _f(r["quotes_in"]), _f(r["cpu_us_per_quote"], 1),
-                _f(r["peak_rss_mb"]), str(r["conflated"]), str(r["missing"]),
+                _f(r["peak_rss_mb"]), _rss_window(r), str(r["conflated"]), str(r["missing"]),
                 _violations(r), _cpu_shares(r),
             ])  # fmt: skip
         else:

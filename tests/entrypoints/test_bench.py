@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from entrypoints import bench_hop
-from entrypoints.bench import Options, markdown, run_bench, thread_hop_floor
+from entrypoints.bench import Options, markdown, rss_growth, run_bench, thread_hop_floor
 
 pytestmark = pytest.mark.e2e
 
@@ -43,6 +43,9 @@ def test_bench_measures_the_service_end_to_end() -> None:
         assert r["exact_violations"] == 0 and r["order_violations"] == 0
         assert r["bad_messages"] == 0 and r["missing"] == 0
         assert r["received"] > 0
+    assert unthrottled["rss_window_mb"] is not None
+    start_mb, end_mb = unthrottled["rss_window_mb"]
+    assert 10 < start_mb <= unthrottled["peak_rss_mb"] and 10 < end_mb <= unthrottled["peak_rss_mb"]
     assert "| mds | msgpack | 10 | 100 |" in markdown(doc)
 
 
@@ -59,3 +62,14 @@ def test_bench_hop_refuses_a_rate_of_zero(capsys: pytest.CaptureFixture[str]) ->
         bench_hop.main(["--rate", "0"])
     assert info.value.code == 2
     assert "--rate and --seconds must be > 0" in capsys.readouterr().err
+
+
+def test_rss_growth_takes_the_median_of_each_edge_of_the_window() -> None:
+    mb = 2**20
+    samples = [(t / 10, (50 + (t % 3)) * mb) for t in range(0, 101)]  # 10 s, 50-52 MB jitter
+    samples[5] = (0.5, 400 * mb)  # one outlier at the start is not the start
+    assert rss_growth(samples, 0.0, 10.0) == (51.0, 51.0)
+    grown = [(t, rss + (30 * mb if t > 9.0 else 0)) for t, rss in samples]
+    start, end = rss_growth(grown, 0.0, 10.0) or (0.0, 0.0)
+    assert start == 51.0 and end == 81.0
+    assert rss_growth(samples, 20.0, 30.0) is None  # no sample in the window
