@@ -175,6 +175,7 @@ def cmd_watch(argv: Sequence[str]) -> int:
     parser.add_argument("symbols", nargs="+")
     args = parser.parse_args(argv)
 
+    import signal
     import time
 
     import anyio
@@ -218,14 +219,21 @@ def cmd_watch(argv: Sequence[str]) -> int:
                             await anyio.sleep(0.25)
                             live.update(table())
 
+                    async def stop_on_signal() -> None:
+                        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                            async for _ in signals:
+                                tg.cancel_scope.cancel()
+                                return
+
                     tg.start_soon(refresh)
+                    tg.start_soon(stop_on_signal)
                     async for price in updates:
                         latest[price.symbol] = price
                         counts[price.symbol] += 1
 
     try:
         anyio.run(main, backend="trio")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C before the signal task was listening
         pass
     except ConnectionError as e:
         print(f"mds watch: Redis unavailable: {e}", file=sys.stderr)

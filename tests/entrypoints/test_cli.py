@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import pty
+import select
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -16,7 +22,7 @@ from adapters.alpaca_compatible_server.config import ServerConfig
 from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
 from adapters.redis import RedisConnection, RedisPriceCache
 from domain.price import Price
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,3 +89,61 @@ async def test_record_writes_frames_that_replay_reads(tmp_path: Path) -> None:
     lines = [orjson.loads(x) for x in gzip.decompress(out.read_bytes()).splitlines()]
     assert any('"T":"q"' in line.get("text", "") for line in lines)
     assert all(isinstance(line["t"], int) for line in lines)
+
+
+@pytest.mark.redis
+def test_watch_shows_cached_and_live_prices_in_a_terminal(own_redis_server: RedisServer) -> None:
+    """``mds watch`` under a real pseudo-terminal: the cached price at start, then live updates
+    from pub/sub; Ctrl-C ends it with exit 0."""
+    conn = RedisConnection(own_redis_server.url)
+    cache = RedisPriceCache(conn, publish=True)
+    now_ns = time.time_ns()
+    cache.put_many_sync([Price("AAPL", 150.25, 150.27, 150.26, now_ns, "V")])
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MDS_", "ALPACA_", "APCA_"))}
+    env |= {"REDIS_URL": own_redis_server.url, "TERM": "xterm", "COLUMNS": "100", "LINES": "30"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entrypoints.cli", "watch", "aapl", "MSFT"],
+        stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT, close_fds=True,
+    )  # fmt: skip
+    os.close(slave)
+    screen = bytearray()
+
+    def shows(text: bytes) -> bool:
+        ready, _, _ = select.select([master], [], [], 0.05)
+        if ready:
+            with contextlib.suppress(OSError):  # EIO once the child closed the terminal
+                screen.extend(os.read(master, 65536))
+        return text in screen
+
+    def wait_for_screen(text: bytes, while_waiting: Callable[[], object] = lambda: None) -> None:
+        deadline = time.monotonic() + 20
+        while not shows(text):
+            assert proc.poll() is None, f"mds watch exited early: {bytes(screen)[-500:]!r}"
+            assert time.monotonic() < deadline, f"{text!r} never shown: {bytes(screen)[-500:]!r}"
+            while_waiting()
+
+    try:
+        wait_for_screen(b"150.26")  # the cached price, before any update
+        # The subscription starts after the first render: publish until an update shows.
+        live = Price("MSFT", 300.25, 300.26, 300.255, time.time_ns(), "V")
+        wait_for_screen(
+            b"300.255", lambda: cache.put_many_sync([live._replace(ts_event_ns=time.time_ns())])
+        )
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=10)
+        shows(b"")
+        assert code == 0, bytes(screen)[-1500:].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        conn.close()
+
+
+def test_watch_without_redis_says_so_and_exits_3() -> None:
+    port = free_port()  # nobody listens there
+    result = mds("watch", "AAPL", env={"REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    assert result.returncode == 3
+    assert "mds watch: Redis unavailable" in result.stderr and "Traceback" not in result.stderr
