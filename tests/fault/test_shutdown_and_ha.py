@@ -69,12 +69,14 @@ async def test_sigterm_under_load_exits_0_within_2_s_with_every_published_price_
         seen = NewestPrices()
         await tg.start(subscribe_prices, reader, SYMBOLS, seen)
         await wait_for(lambda: seen.received >= 5_000 and len(seen.newest) == len(SYMBOLS))
+        # Still streaming right now (under load when the signal comes): 500 more prices arrive.
+        flowing_from = seen.received
+        await wait_for(lambda: seen.received >= flowing_from + 500)
 
         sent_at = anyio.current_time()
         service.proc.send_signal(signal.SIGTERM)
         code = await service.wait_exit(5)
         took = anyio.current_time() - sent_at
-        received_at_exit = seen.received
 
         cached = await reader.get_many(SYMBOLS)
         # The subscriber may still be reading what was published just before the exit.
@@ -90,7 +92,6 @@ async def test_sigterm_under_load_exits_0_within_2_s_with_every_published_price_
     print(f"\nSIGTERM at 10 000 quotes/s: exit {code} after {took * 1000:.0f} ms")
     assert code == 0
     assert took < 2.0
-    assert received_at_exit > 5_000
     assert "could not be written" not in log
     assert '"msg":"stopped"' in log
     assert SECRET not in log
