@@ -360,19 +360,28 @@ class RedisSentinelHandle:
 
 
 def start_sentinel(
-    master_name: str = "mds-master", directory: Path | None = None
+    master_name: str = "mds-master",
+    directory: Path | None = None,
+    *,
+    master_args: tuple[str, ...] = (),
+    monitored_port: int | None = None,
+    sentinel_conf: str = "",
 ) -> RedisSentinelHandle:
-    """Start a master and a sentinel (``redis-server <conf> --sentinel``) that knows it."""
+    """Start a master and a sentinel (``redis-server <conf> --sentinel``) that knows it.
+
+    ``master_args`` go to the master's command line; the sentinel monitors (and so hands out)
+    ``monitored_port`` (default: the master's port); ``sentinel_conf`` is appended to its
+    config file (e.g. TLS settings for reaching a master's TLS port)."""
     base = directory or Path(tempfile.mkdtemp(prefix="mds-redis-sentinel-"))
-    master = start_server(base / "master")
+    master = start_server(base / "master", extra_args=master_args)
     try:
         sentinel_dir = base / "sentinel"
         sentinel_dir.mkdir(parents=True, exist_ok=True)
         conf = sentinel_dir / "sentinel.conf"
         # Sentinel rewrites its config file, so it must be a writable file of its own.
         conf.write_text(
-            f"sentinel monitor {master_name} 127.0.0.1 {master.port} 1\n"
-            f"sentinel down-after-milliseconds {master_name} 5000\n"
+            f"sentinel monitor {master_name} 127.0.0.1 {monitored_port or master.port} 1\n"
+            f"sentinel down-after-milliseconds {master_name} 5000\n" + sentinel_conf
         )
         sentinel = _start_sentinel_process(sentinel_dir, conf, master_name)
     except BaseException:

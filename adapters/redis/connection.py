@@ -244,7 +244,10 @@ class RedisConnection:
             k: u[k] for k in ("username", "password", "db") if u.get(k) is not None
         }
         if urlsplit(self._url).scheme == "rediss":
+            # TLS to the master as the URL says, private CA and client certificate included
+            # (``?ssl_ca_certs=...``); the sentinels themselves are asked over plain TCP.
             master_kwargs["ssl"] = True
+            master_kwargs.update({k: v for k, v in u.items() if k.startswith("ssl_")})
         assert self._master_name is not None
         return _redispy.master_for(self._sentinel, self._master_name, {**kwargs, **master_kwargs})
 

@@ -13,11 +13,27 @@ import anyio
 import pytest
 import trustme
 
-from adapters.redis import PriceReader, open_redis_store
+from adapters.redis import PriceReader, RedisMode, open_redis_store
 from tests.adapters.redis.helpers import T0, price, receive, unique
-from tests.redis_servers import RedisServer, free_port, start_server
+from tests.redis_servers import RedisServer, free_port, start_sentinel, start_server
 
 pytestmark = pytest.mark.redis
+
+
+@dataclass(frozen=True)
+class Certificates:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def server_args(self, tls_port: int) -> tuple[str, ...]:
+        return (
+            "--tls-port", str(tls_port),
+            "--tls-cert-file", str(self.cert_file),
+            "--tls-key-file", str(self.key_file),
+            "--tls-ca-cert-file", str(self.ca_file),
+            "--tls-auth-clients", "no",
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -31,28 +47,28 @@ class TlsRedis:
 
 
 @pytest.fixture(scope="module")
-def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     directory = tmp_path_factory.mktemp("tls")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
-    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "cert.pem", "key.pem"))
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert.private_key_pem.write_to_path(str(key_file))
+    found = Certificates(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    ca.cert_pem.write_to_path(str(found.ca_file))
+    cert.private_key_pem.write_to_path(str(found.key_file))
     for i, blob in enumerate(cert.cert_chain_pems):
-        blob.write_to_path(str(cert_file), append=i > 0)
+        blob.write_to_path(str(found.cert_file), append=i > 0)
+    return found
+
+
+@pytest.fixture(scope="module")
+def tls_redis(
+    certificates: Certificates, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TlsRedis]:
     tls_port = free_port()
     server = start_server(
-        directory,
-        extra_args=(
-            "--tls-port", str(tls_port),
-            "--tls-cert-file", str(cert_file),
-            "--tls-key-file", str(key_file),
-            "--tls-ca-cert-file", str(ca_file),
-            "--tls-auth-clients", "no",
-        ),
-    )  # fmt: skip
+        tmp_path_factory.mktemp("tls-redis"), extra_args=certificates.server_args(tls_port)
+    )
     try:
-        yield TlsRedis(server, tls_port, ca_file)
+        yield TlsRedis(server, tls_port, certificates.ca_file)
     finally:
         server.stop()
 
@@ -90,3 +106,38 @@ async def test_plain_redis_url_on_the_tls_port_is_an_outage(tls_redis: TlsRedis)
             f"redis://127.0.0.1:{tls_redis.tls_port}/0", require_connection=True
         ):
             pass
+
+
+async def test_sentinel_hands_out_a_tls_master_and_the_store_uses_the_urls_ca(
+    certificates: Certificates, tmp_path: Path
+) -> None:
+    # The sentinel answers on plain TCP and monitors the master's TLS port (so that is the
+    # address it hands out); the URL says TLS and names the CA for the master connection.
+    tls_port = free_port()
+    c = certificates
+    handle = start_sentinel(
+        directory=tmp_path,
+        master_args=c.server_args(tls_port),
+        monitored_port=tls_port,
+        sentinel_conf=(
+            f"tls-replication yes\ntls-cert-file {c.cert_file}\ntls-key-file {c.key_file}\n"
+            f"tls-ca-cert-file {c.ca_file}\n"
+        ),
+    )
+    try:
+        s = unique("STLS")
+        async with open_redis_store(
+            f"rediss://ignored-in-sentinel-mode/0?ssl_ca_certs={c.ca_file}",
+            mode=RedisMode.SENTINEL,
+            sentinels=handle.sentinels,
+            master_name=handle.master_name,
+            require_connection=True,
+        ) as store:
+            async with store.bus.subscribe([s]) as prices:
+                await store.bus.publish_many(await store.cache.put_many([price(s, T0)]))
+                assert await receive(prices, 1) == [price(s, T0)]
+            assert await store.cache.get(s) == price(s, T0)
+        with handle.master.client() as plain:
+            assert plain.get("price:" + s) == price(s, T0).to_json()
+    finally:
+        handle.stop()
