@@ -67,13 +67,12 @@ class ServiceProcess:
         return parse_metrics(answer.text)
 
     async def wait_exit(self, timeout_s: float = 10) -> int:
-        """Wait for the process to exit by itself (polling its state); its exit code."""
-        with anyio.fail_after(timeout_s):
-            while True:
-                code = self.proc.poll()
-                if code is not None:
-                    return code
-                await anyio.sleep(0.02)
+        """Wait for the process to exit by itself; its exit code (``TimeoutError`` after
+        ``timeout_s``). Waits on the process in a worker thread: no polling."""
+        try:
+            return await anyio.to_thread.run_sync(lambda: self.proc.wait(timeout_s))
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"the service did not exit within {timeout_s} s") from None
 
     def terminate(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 10) -> float:
         """Send ``sig`` and wait; the seconds it took to exit."""

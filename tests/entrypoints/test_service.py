@@ -20,17 +20,12 @@ from adapters.memory import InMemoryPriceCache, ScriptedQuoteFeed, StaticPositio
 from entrypoints.container import Container
 from entrypoints.service import Running, run
 from entrypoints.settings import load_settings
+from tests.conditions import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = ROOT / "entrypoints" / "service.py"
 
 EMBEDDED = {"MDS_HTTP_PORT": "0", "MDS_SIM_RATE": "200", "MDS_LOG_FORMAT": "json"}
-
-
-async def wait_for(predicate, timeout_s: float = 5.0, step_s: float = 0.02) -> None:  # type: ignore[no-untyped-def]
-    with anyio.fail_after(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - polls a real process's state
-            await anyio.sleep(step_s)
 
 
 async def test_embedded_default_streams_prices_and_serves_the_api() -> None:

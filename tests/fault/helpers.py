@@ -1,11 +1,12 @@
 """Building blocks of the fault suite: the in-process Alpaca-compatible server, the service as
 a real process, a Redis subscriber that keeps the newest price per symbol, a tiny positions
-gateway, and condition waits. Everything here stops what it starts when its block exits."""
+gateway (the condition waits are in tests/conditions.py). Everything here stops what it starts
+when its block exits."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,20 +22,6 @@ from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
 from adapters.redis.reader import PriceReader
 from domain.price import Price
 from tests.e2e.service_process import ServiceProcess, start_service
-
-
-async def wait_for(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float = 10.0, step_s: float = 0.02
-) -> None:
-    """Poll ``predicate`` until it holds; ``TimeoutError`` after ``timeout_s``."""
-    with anyio.fail_after(timeout_s):
-        while True:
-            result = predicate()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(step_s)
 
 
 @asynccontextmanager

@@ -14,6 +14,7 @@ from adapters.alpaca.feed import CONNECTION_LIMIT_MIN_DELAY_S
 from adapters.alpaca_compatible_server.config import Faults, ServerConfig
 from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
 from adapters.redis.reader import PriceReader
+from tests.conditions import wait_for
 from tests.e2e.service_process import KEY, SECRET, ServiceProcess, metric_total
 from tests.fault.helpers import (
     NewestPrices,
@@ -22,7 +23,6 @@ from tests.fault.helpers import (
     record_times,
     service_process,
     subscribe_prices,
-    wait_for,
     wall_ns,
 )
 from tests.redis_servers import RedisServer

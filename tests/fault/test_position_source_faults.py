@@ -9,8 +9,9 @@ import pytest
 import redis
 
 from adapters.alpaca_compatible_server.config import ServerConfig
+from tests.conditions import wait_for
 from tests.e2e.service_process import ServiceProcess
-from tests.fault.helpers import PositionsGateway, alpaca_server, service_process, wait_for
+from tests.fault.helpers import PositionsGateway, alpaca_server, service_process
 from tests.redis_servers import RedisServer
 
 pytestmark = [pytest.mark.fault, pytest.mark.redis, pytest.mark.e2e]

@@ -12,6 +12,7 @@ import pytest
 from adapters.alpaca_compatible_server.config import ServerConfig
 from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
 from adapters.redis.reader import PriceReader
+from tests.conditions import wait_for
 from tests.e2e.service_process import SECRET, ServiceProcess
 from tests.fault.helpers import (
     NewestPrices,
@@ -21,7 +22,6 @@ from tests.fault.helpers import (
     quotes_of_active_session,
     service_process,
     subscribe_prices,
-    wait_for,
     wall_ns,
 )
 from tests.redis_servers import RedisServer

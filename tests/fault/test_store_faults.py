@@ -10,13 +10,13 @@ import pytest
 
 from adapters.alpaca_compatible_server.config import ServerConfig
 from adapters.redis.reader import PriceReader
+from tests.conditions import wait_for
 from tests.e2e.service_process import metric_total
 from tests.fault.helpers import (
     alpaca_server,
     cached_timestamps,
     quotes_of_active_session,
     service_process,
-    wait_for,
     wall_ns,
 )
 from tests.redis_servers import RedisServer

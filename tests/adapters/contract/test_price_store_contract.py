@@ -16,23 +16,13 @@ from adapters.inbox import Inbox
 from domain.price import Price
 from ports.event_bus import POSITIONS_CHANGED_CHANNEL
 from tests.adapters.contract.conftest import T0, StoreUnderTest, price
-from tests.adapters.redis.helpers import wait_for
+from tests.conditions import receive, wait_for
 
 
 async def write(store: StoreUnderTest, batch: Sequence[Price]) -> Sequence[Price]:
     applied = await store.cache.put_many(batch)
     await store.bus.publish_many(applied)
     return applied
-
-
-async def receive(prices: AsyncIterator[Price], n: int, timeout_s: float = 5.0) -> list[Price]:
-    got: list[Price] = []
-    with anyio.fail_after(timeout_s):
-        async for p in prices:
-            got.append(p)
-            if len(got) == n:
-                break
-    return got
 
 
 async def receive_until(

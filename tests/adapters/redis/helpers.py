@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 
 import anyio
 
@@ -20,30 +20,6 @@ def unique(stem: str = "R") -> str:
 
 def price(symbol: str, ts_ns: int, bid: float = 150.25, ask: float = 150.27) -> Price:
     return Price(symbol, bid, ask, (bid + ask) / 2, ts_ns, "V")
-
-
-async def receive(prices: AsyncIterator[Price], n: int, timeout_s: float = 5.0) -> list[Price]:
-    got: list[Price] = []
-    with anyio.fail_after(timeout_s):
-        async for p in prices:
-            got.append(p)
-            if len(got) == n:
-                break
-    return got
-
-
-async def wait_for(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float = 5.0, step_s: float = 0.01
-) -> None:
-    """Poll ``predicate`` until true, failing after ``timeout_s`` (a condition, not a sleep)."""
-    with anyio.fail_after(timeout_s):
-        while True:
-            result = predicate()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(step_s)
 
 
 async def in_thread(fn: Callable[[], object]) -> object:

@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from adapters.redis import PriceReader, RedisMode, open_redis_store
-from tests.adapters.redis.helpers import T0, in_thread, price, receive, unique
+from tests.adapters.redis.helpers import T0, in_thread, price, unique
+from tests.conditions import receive
 from tests.redis_servers import RedisClusterHandle, RedisServer
 
 pytestmark = pytest.mark.redis

@@ -11,7 +11,8 @@ import pytest
 from adapters.inbox import Inbox
 from adapters.redis import open_redis_store
 from domain.price import Price
-from tests.adapters.redis.helpers import T0, in_thread, price, receive, unique, wait_for
+from tests.adapters.redis.helpers import T0, in_thread, price, unique
+from tests.conditions import receive, wait_for
 from tests.redis_servers import RedisServer
 
 pytestmark = pytest.mark.redis

@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from adapters.redis import RedisEventBus, RedisMode, RedisOptions, open_redis_store
-from tests.adapters.redis.helpers import T0, in_thread, price, receive, unique, wait_for
+from tests.adapters.redis.helpers import T0, in_thread, price, unique
+from tests.conditions import receive, wait_for
 from tests.redis_servers import RedisClusterHandle, RedisServer, free_port
 
 pytestmark = pytest.mark.redis

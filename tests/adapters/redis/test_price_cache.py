@@ -14,7 +14,8 @@ from adapters.redis.event_bus import RedisEventBus
 from adapters.redis.price_cache import AppliedPrices
 from ports.event_bus import EventBus
 from ports.price_cache import PriceCache
-from tests.adapters.redis.helpers import T0, in_thread, price, receive, unique
+from tests.adapters.redis.helpers import T0, in_thread, price, unique
+from tests.conditions import receive
 from tests.redis_servers import RedisServer, start_server
 
 pytestmark = pytest.mark.redis

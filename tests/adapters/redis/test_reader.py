@@ -14,7 +14,8 @@ import pytest
 from adapters.redis import PriceReader, open_redis_store
 from domain.price import Price
 from domain.staleness import AgedPrice
-from tests.adapters.redis.helpers import T0, price, receive, unique
+from tests.adapters.redis.helpers import T0, price, unique
+from tests.conditions import receive
 from tests.redis_servers import RedisServer
 
 pytestmark = pytest.mark.redis

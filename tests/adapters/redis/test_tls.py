@@ -14,7 +14,8 @@ import pytest
 import trustme
 
 from adapters.redis import PriceReader, RedisMode, open_redis_store
-from tests.adapters.redis.helpers import T0, price, receive, unique
+from tests.adapters.redis.helpers import T0, price, unique
+from tests.conditions import receive
 from tests.redis_servers import RedisServer, free_port, start_sentinel, start_server
 
 pytestmark = pytest.mark.redis
