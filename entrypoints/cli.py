@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "watch":
         return cmd_watch(rest)
     if command == "bench":
-        from entrypoints.bench import main as bench_main
+        from entrypoints.bench.cli import main as bench_main
 
         return bench_main(rest)
     print(f"mds: unknown command {command!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)

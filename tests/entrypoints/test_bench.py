@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from entrypoints import bench_hop
-from entrypoints.bench import Options, markdown, rss_growth, run_bench, thread_hop_floor
+from entrypoints.bench import hop
+from entrypoints.bench.floors import thread_hop_floor
+from entrypoints.bench.model import Options
+from entrypoints.bench.report import markdown
+from entrypoints.bench.run import run_bench
+from entrypoints.bench.sampling import rss_growth
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +63,7 @@ def test_thread_hop_floor_is_measured_in_a_fresh_process() -> None:
 
 def test_bench_hop_refuses_a_rate_of_zero(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
-        bench_hop.main(["--rate", "0"])
+        hop.main(["--rate", "0"])
     assert info.value.code == 2
     assert "--rate and --seconds must be > 0" in capsys.readouterr().err
 

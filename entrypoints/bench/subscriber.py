@@ -1,6 +1,6 @@
 """The benchmark's Redis subscriber (and its load generator): one cheap process, no event loop.
 
-``python -m entrypoints.bench_subscriber --port PORT`` PSUBSCRIBEs ``price.updated.*`` over a raw
+``python -m entrypoints.bench.subscriber --port PORT`` PSUBSCRIBEs ``price.updated.*`` over a raw
 socket, parses replies with ``hiredis.Reader`` and, for every price it receives:
 
 - latency = receive time (``time.time_ns()``, taken once per socket read) minus the price's
@@ -294,7 +294,7 @@ def publish(host: str, port: int, seconds: float, symbols: int, pipeline: int, r
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m entrypoints.bench_subscriber",
+        prog="python -m entrypoints.bench.subscriber",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

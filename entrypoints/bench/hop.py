@@ -2,7 +2,7 @@
 
 The service's writer hands every batch to redis-py in a worker thread
 (``anyio.to_thread.run_sync`` under trio, one hop per batch); at a fixed quote rate it does so
-once per frame. ``python -m entrypoints.bench_hop --rate 100 --seconds 5`` times that round trip
+once per frame. ``python -m entrypoints.bench.hop --rate 100 --seconds 5`` times that round trip
 with nothing else in it (the thread runs ``time.perf_counter_ns``), paced at ``--rate`` hops/s
 like the frames, and prints one JSON line: ``{"rate": r, "n": n, "p50_us": ..., "p99_us": ...,
 "p99_9_us": ..., "hot_p50_us": ...}`` (``hot``: back to back, no pause). Between frames the
@@ -56,7 +56,7 @@ async def measure(rate: float, seconds: float, hot_samples: int = 500) -> dict[s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m entrypoints.bench_hop", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m entrypoints.bench.hop", description=__doc__)
     parser.add_argument("--rate", type=float, required=True, help="hops per second (> 0)")
     parser.add_argument("--seconds", type=float, default=5.0, help="paced window")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """The benchmark's competitor: what users write by hand today, alpaca-py -> redis.asyncio.
 
-``python -m entrypoints.bench_baseline --url ws://127.0.0.1:PORT/v2/iex --redis-port N
+``python -m entrypoints.bench.baseline --url ws://127.0.0.1:PORT/v2/iex --redis-port N
 --symbols 100 --mode naive|pipeline|batched``
 
 alpaca-py's ``StockDataStream`` (msgpack, pydantic ``Quote`` models) with a quote handler that
@@ -137,7 +137,7 @@ def _report_and_exit(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m entrypoints.bench_baseline",
+        prog="python -m entrypoints.bench.baseline",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
