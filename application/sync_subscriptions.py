@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterable
 
 import anyio
 
@@ -21,6 +22,16 @@ from ports.clock import Clock
 from ports.position_source import PositionSource
 
 log = logging.getLogger(__name__)
+
+_SHOWN_SYMBOLS = 20
+
+
+def _some(symbols: Iterable[str]) -> str:
+    """At most ``_SHOWN_SYMBOLS`` symbols for a log line, and how many more there are."""
+    items = sorted(symbols)
+    shown = ", ".join(items[:_SHOWN_SYMBOLS])
+    more = len(items) - _SHOWN_SYMBOLS
+    return f"{shown} … and {more} more" if more > 0 else shown
 
 
 class SyncSubscriptions:
@@ -88,12 +99,13 @@ class SyncSubscriptions:
             self.syncs += 1
             if plan.left_out:
                 log.warning(
-                    "symbol capacity %s reached; left out: %s",
+                    "symbol capacity %s reached; %d left out: %s",
                     self._capacity_now(),
-                    ", ".join(plan.left_out),
+                    len(plan.left_out),
+                    _some(plan.left_out),
                 )
             if plan.changed:
-                log.info("subscriptions: +%s -%s", sorted(plan.to_add), sorted(plan.to_remove))
+                log.info("subscriptions: +[%s] -[%s]", _some(plan.to_add), _some(plan.to_remove))
             await self._connection.apply(plan, rank_symbols(held, static, current))
             if failure is not None:
                 raise failure

@@ -8,6 +8,11 @@ JSON format: one object per line, ``{"ts", "level", "logger", "msg", ...extra fi
 "exc"}``; ``ts`` is UTC ISO-8601 with microseconds; fields passed with ``extra=`` keep their
 names; values JSON cannot hold are rendered with ``str``.
 
+Length: every line is capped (:class:`LineCapFilter`): the message at
+:data:`MAX_MESSAGE_CHARS`, each string extra field at :data:`MAX_FIELD_CHARS`, a traceback at
+:data:`MAX_TRACEBACK_CHARS` (its head and its tail, where the error is), each cut marked with
+how much was cut. A message built from 10,000 symbols is one readable line, not 80 KB.
+
 Redaction (belt and braces: secrets should never be logged in the first place): every
 configured secret of 4 characters or more is replaced by ``***`` in the message, its arguments,
 string extra fields and the formatted traceback, before any formatter sees the record.
@@ -29,6 +34,9 @@ from rich.logging import RichHandler
 LogFormat = Literal["json", "console"]
 
 MIN_SECRET_LENGTH: Final = 4
+MAX_MESSAGE_CHARS: Final = 4_000
+MAX_FIELD_CHARS: Final = 1_000
+MAX_TRACEBACK_CHARS: Final = 8_000
 REDACTED: Final = "***"
 _MARK: Final = "_mds_handler"
 
@@ -74,6 +82,49 @@ class RedactingFilter(logging.Filter):
         for key, value in list(vars(record).items()):
             if key not in _STANDARD_ATTRS and isinstance(value, str):
                 setattr(record, key, self.redact(value))
+        return True
+
+
+def cap(text: str, limit: int, *, keep_tail: int = 0) -> str:
+    """``text`` cut to about ``limit`` characters, saying how many were cut; with
+    ``keep_tail``, the last ``keep_tail`` characters are kept too."""
+    if len(text) <= limit:
+        return text
+    head = max(0, limit - keep_tail)
+    cut = len(text) - head - keep_tail
+    tail = text[len(text) - keep_tail :] if keep_tail else ""
+    return f"{text[:head]}… [{cut} characters cut] …{tail}"
+
+
+class LineCapFilter(logging.Filter):
+    """Caps the length of a record's message, string extras and traceback (see the module
+    docstring); never drops a record. Runs after redaction, so no secret is cut in two."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep the raw parts
+            message = f"{record.msg!s} {record.args!r}"
+        if len(message) > MAX_MESSAGE_CHARS or record.args:
+            record.msg = cap(message, MAX_MESSAGE_CHARS)
+            record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text and len(record.exc_text) > MAX_TRACEBACK_CHARS:
+            record.exc_text = cap(
+                record.exc_text, MAX_TRACEBACK_CHARS, keep_tail=MAX_TRACEBACK_CHARS * 3 // 4
+            )
+        if record.stack_info and len(record.stack_info) > MAX_TRACEBACK_CHARS:
+            record.stack_info = cap(
+                record.stack_info, MAX_TRACEBACK_CHARS, keep_tail=MAX_TRACEBACK_CHARS * 3 // 4
+            )
+        for key, value in list(vars(record).items()):
+            if (
+                key not in _STANDARD_ATTRS
+                and isinstance(value, str)
+                and len(value) > (MAX_FIELD_CHARS)
+            ):
+                setattr(record, key, cap(value, MAX_FIELD_CHARS))
         return True
 
 
@@ -128,6 +179,7 @@ def configure_logging(
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     redactor = RedactingFilter(secrets)
     handler.addFilter(redactor)
+    handler.addFilter(LineCapFilter())
     setattr(handler, _MARK, True)
 
     root = logging.getLogger()

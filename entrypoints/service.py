@@ -4,7 +4,8 @@ Configuration comes from environment variables and an optional ``.env`` (see REA
 nothing set it runs the embedded default: simulated quotes for AAPL, MSFT and SPY, in-memory cache
 and bus, the HTTP API on 127.0.0.1:8000, prices logged.
 
-Exit codes: 0 after SIGINT/SIGTERM, 2 for invalid configuration (one message naming each bad
+Exit codes: 0 after SIGINT/SIGTERM/SIGHUP (128 + the signal's number when a second one cuts the
+shutdown short), 2 for invalid configuration (one message naming each bad
 variable), 3 when the feed fails fatally (bad credentials, plan without the feed, too many
 reconnect attempts), with one clear log line saying why and what to check.
 """
@@ -18,6 +19,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the project's packages importable
@@ -113,7 +115,10 @@ async def run(
         app = create_app(view, metrics.registry)
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(cancel_on_signals, tg.cancel_scope)
+                await tg.start(
+                    partial(cancel_on_signals, pending=lambda: service.stream.pending),
+                    tg.cancel_scope,
+                )
                 if settings.ha and store.redis is not None:
                     election = LeaderElection(
                         RedisLease(store.redis.connection),

@@ -17,7 +17,10 @@ Shared contract (both):
   (``raise ... from`` the cause). A failure is never returned as an empty set: an empty set means
   the source really answered "no positions".
 - A symbol the source reports in a format Alpaca cannot stream is logged, counted in
-  ``skipped_symbols`` and skipped; the rest of the answer is used.
+  ``skipped_symbols`` and skipped; a malformed row (not an object, no ``symbol``/``qty``, a qty
+  that is not a finite number such as ``"NaN"``) is counted in ``skipped_rows`` and skipped.
+  The rest of the answer is used; the same problem answered poll after poll is logged once.
+  An answer whose rows are all malformed raises (it is unusable, not "no positions").
 - Cancellation propagates at once; nothing is left open except the client, which the ``async
   with`` block closes.
 - Credentials never appear in messages, logs or reprs; URLs are shown without user-info or query.
@@ -269,16 +272,32 @@ class _JsonGetter:
         return None
 
 
-def _positions(items: list[object], what: str) -> Iterator[tuple[dict[str, object], Decimal]]:
-    """Each position object with its quantity; raises PositionSourceError naming the first one
-    that is not an object, lacks ``symbol`` or ``qty``, or has a non-numeric ``qty``."""
+def _positions(
+    items: list[object], what: str, collected: _Collected
+) -> Iterator[tuple[dict[str, object], Decimal]]:
+    """Each well-formed position object with its quantity. A row that is not an object, lacks
+    ``symbol`` or ``qty``, or has a qty that is not a finite number is skipped and noted in
+    ``collected.bad_rows``; when there were rows and none was well-formed, raises
+    PositionSourceError (the answer as a whole is unusable, never "no positions")."""
+    good = 0
     for index, item in enumerate(items):
-        where = f"{what}: position #{index}"
-        if not isinstance(item, dict):
-            raise PositionSourceError(f"{where} is not an object: {_short(item)}")
-        if "symbol" not in item or "qty" not in item:
-            raise PositionSourceError(f"{where} lacks 'symbol' or 'qty'")
-        yield item, _qty(item["qty"], where)
+        where = f"position #{index}"
+        try:
+            if not isinstance(item, dict):
+                raise PositionSourceError(f"{where} is not an object: {_short(item)}")
+            if "symbol" not in item or "qty" not in item:
+                raise PositionSourceError(f"{where} lacks 'symbol' or 'qty'")
+            qty = _qty(item["qty"], where)
+        except PositionSourceError as e:
+            collected.bad_rows.append(str(e))
+            continue
+        good += 1
+        yield item, qty
+    if items and not good:
+        raise PositionSourceError(
+            f"{what}: none of the {len(items)} position(s) is well-formed "
+            f"(first: {collected.bad_rows[0]})"
+        )
 
 
 def _qty(value: object, where: str) -> Decimal:
@@ -300,11 +319,13 @@ def _short(value: object) -> str:
 
 
 class _Collected:
-    """Symbols with non-zero qty, and the invalid symbols that were skipped."""
+    """Symbols with non-zero qty, the invalid symbols and the malformed rows that were
+    skipped."""
 
     def __init__(self) -> None:
         self.symbols: set[str] = set()
         self.skipped: list[str] = []
+        self.bad_rows: list[str] = []
 
     def add(self, symbol: object, qty: Decimal) -> None:
         try:
@@ -316,16 +337,38 @@ class _Collected:
             self.symbols.add(valid)
 
 
-def _report(what: str, collected: _Collected) -> frozenset[str]:
-    if collected.skipped:
-        log.warning(
-            "%s: skipped %d position(s) with a symbol Alpaca cannot stream: %s%s",
-            what,
-            len(collected.skipped),
-            "; ".join(collected.skipped[:_SHOWN_SKIPPED]),
-            " …" if len(collected.skipped) > _SHOWN_SKIPPED else "",
-        )
-    return frozenset(collected.symbols)
+def _shown_list(items: list[str]) -> str:
+    more = len(items) - _SHOWN_SKIPPED
+    return "; ".join(items[:_SHOWN_SKIPPED]) + (f" … and {more} more" if more > 0 else "")
+
+
+class _SkipLog:
+    """Logs what an answer skipped once per distinct problem, not at every poll: the same bad
+    row answered every interval is one warning (the counters still count every occurrence)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._last: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+
+    def report(self, collected: _Collected) -> frozenset[str]:
+        seen = (tuple(collected.skipped), tuple(collected.bad_rows))
+        if seen != self._last:
+            self._last = seen
+            if collected.skipped:
+                log.warning(
+                    "%s: skipped %d position(s) with a symbol Alpaca cannot stream: %s",
+                    self.what,
+                    len(collected.skipped),
+                    _shown_list(collected.skipped),
+                )
+            if collected.bad_rows:
+                log.warning(
+                    "%s: skipped %d malformed position row(s), used the rest: %s",
+                    self.what,
+                    len(collected.bad_rows),
+                    _shown_list(collected.bad_rows),
+                )
+        return frozenset(collected.symbols)
 
 
 def parse_gateway_positions(body: object, what: str = "positions gateway") -> _Collected:
@@ -341,7 +384,7 @@ def parse_gateway_positions(body: object, what: str = "positions gateway") -> _C
             f"got {type(items).__name__}"
         )
     collected = _Collected()
-    for item, qty in _positions(items, what):
+    for item, qty in _positions(items, what, collected):
         collected.add(item["symbol"], qty)
     return collected
 
@@ -357,7 +400,7 @@ def parse_alpaca_positions(
             f"{what}: expected a list of positions, got {type(body).__name__}"
         )
     collected = _Collected()
-    for item, qty in _positions(body, what):
+    for item, qty in _positions(body, what, collected):
         asset_class = item.get("asset_class")
         if asset_class is not None and asset_classes is not None:
             skip = asset_class not in asset_classes
@@ -401,8 +444,9 @@ class GatewayPositionSource(_OwnsHttpClient):
     a numeric string (``"12.5"``); negative means short. A symbol is returned when any of its
     entries has a non-zero qty (entries are not netted: two books long and short still need the
     price). An empty list is a valid "no positions". Symbols must already be in Alpaca's format
-    (``BRK.B``, upper case): others are logged and skipped. Anything else (not JSON, another
-    shape, an entry without ``symbol``/``qty``, a qty that is not a finite number) raises
+    (``BRK.B``, upper case): others are logged and skipped. A malformed entry (no
+    ``symbol``/``qty``, a qty that is not a finite number) is skipped and counted; an answer that
+    is not JSON, has another shape, or whose entries are all malformed raises
     :class:`PositionSourceError`, as does any HTTP status other than 200 once retries are spent.
     """
 
@@ -433,6 +477,8 @@ class GatewayPositionSource(_OwnsHttpClient):
             redact=(headers or {}).values(),
         )
         self.skipped_symbols = 0
+        self.skipped_rows = 0
+        self._skip_log = _SkipLog("positions gateway")
 
     def __repr__(self) -> str:
         return f"GatewayPositionSource({safe_url(self._http.url)!r})"
@@ -441,7 +487,8 @@ class GatewayPositionSource(_OwnsHttpClient):
         """Symbols with a non-zero position; see the class docstring for shapes and errors."""
         collected = parse_gateway_positions(await self._http.get_json())
         self.skipped_symbols += len(collected.skipped)
-        return _report("positions gateway", collected)
+        self.skipped_rows += len(collected.bad_rows)
+        return self._skip_log.report(collected)
 
 
 class AlpacaPositionSource(_OwnsHttpClient):
@@ -499,6 +546,8 @@ class AlpacaPositionSource(_OwnsHttpClient):
             ),
         )
         self.skipped_symbols = 0
+        self.skipped_rows = 0
+        self._skip_log = _SkipLog("Alpaca trading API")
 
     def __repr__(self) -> str:
         return f"AlpacaPositionSource({self.base_url!r}, api_key='***', secret_key='***')"
@@ -507,4 +556,5 @@ class AlpacaPositionSource(_OwnsHttpClient):
         """Symbols with a non-zero position; see the class docstring for shapes and errors."""
         collected = parse_alpaca_positions(await self._http.get_json(), self.asset_classes)
         self.skipped_symbols += len(collected.skipped)
-        return _report("Alpaca trading API", collected)
+        self.skipped_rows += len(collected.bad_rows)
+        return self._skip_log.report(collected)

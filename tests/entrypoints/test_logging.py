@@ -122,3 +122,29 @@ def test_configuring_twice_replaces_the_handler() -> None:
 def test_bad_format_is_refused() -> None:
     with pytest.raises(ValueError, match="json"):
         configure_logging("xml", "INFO")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_every_line_is_capped_and_says_how_much_was_cut(fmt: str) -> None:
+    """Issue 11: a positions answer of 10,000 symbols wrote an 80 KB log line."""
+    out = io.StringIO()
+    configure_logging(fmt, "INFO", stream=out)  # type: ignore[arg-type]
+    symbols = [f"S{i:05d}" for i in range(10_000)]
+    logging.getLogger("mds").warning("left out: %s", ", ".join(symbols))
+    text = out.getvalue()
+    assert len(text) < 6_000, len(text)
+    assert "left out: S00000, S00001" in text and "characters cut" in text
+
+
+def test_capped_extras_and_tracebacks_keep_the_error_line() -> None:
+    out = io.StringIO()
+    configure_logging("json", "INFO", stream=out)
+
+    try:
+        raise ValueError("y" * 50_000 + " the real error")
+    except ValueError:
+        logging.getLogger("mds").exception("failed", extra={"body": "x" * 100_000})
+    (line,) = json_lines(out)
+    assert len(out.getvalue()) < 12_000
+    assert str(line["exc"]).rstrip().endswith("y the real error")
+    assert "characters cut" in str(line["body"]) and "characters cut" in str(line["exc"])

@@ -3,6 +3,8 @@ retries and rate-limit waits are asserted as clock deltas, and nothing really sl
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -107,6 +109,63 @@ async def test_gateway_invalid_symbols_are_skipped_and_counted() -> None:
         respx.get(GATEWAY).mock(return_value=httpx.Response(200, json=body))
         assert await fetch(source) == {"AAPL", "BRK.B"}
     assert source.skipped_symbols == 4
+
+
+class _Lines(logging.Handler):
+    """The messages the position source logs (read from its logger's records)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.mark.parametrize("make", [gateway, alpaca])
+async def test_one_malformed_row_is_skipped_counted_and_logged_once(
+    make: Callable[[], GatewayPositionSource | AlpacaPositionSource],
+) -> None:
+    """Issue 11: one ``qty: "NaN"`` row discarded the whole answer (and so every position)."""
+    body = [
+        {"symbol": "AAPL", "qty": "10", "asset_class": "us_equity"},
+        {"symbol": "MSFT", "qty": "NaN", "asset_class": "us_equity"},
+        {"symbol": "TSLA", "qty": "-3", "asset_class": "us_equity"},
+        "garbage",
+    ]
+    source = make()
+    url = GATEWAY if isinstance(source, GatewayPositionSource) else f"{ALPACA}/v2/positions"
+    lines = _Lines()
+    logger = logging.getLogger("adapters.http.position_source")
+    logger.addHandler(lines)
+    try:
+        with respx.mock:
+            respx.get(url).mock(return_value=httpx.Response(200, json=body))
+            async with source:
+                for _ in range(3):  # the same answer at every poll
+                    assert await source.open_position_symbols() == {"AAPL", "TSLA"}
+    finally:
+        logger.removeHandler(lines)
+    assert source.skipped_rows == 6
+    assert len(lines.lines) == 1, lines.lines
+    assert "2 malformed" in lines.lines[0] and "NaN" in lines.lines[0]
+
+
+async def test_ten_thousand_bad_rows_log_one_short_line() -> None:
+    body = [{"symbol": "AAPL", "qty": 1}] + [
+        {"symbol": f"S{i}", "qty": "NaN"} for i in range(10_000)
+    ]
+    lines = _Lines()
+    logger = logging.getLogger("adapters.http.position_source")
+    logger.addHandler(lines)
+    try:
+        with respx.mock:
+            respx.get(GATEWAY).mock(return_value=httpx.Response(200, json=body))
+            assert await fetch(gateway()) == {"AAPL"}
+    finally:
+        logger.removeHandler(lines)
+    (line,) = lines.lines
+    assert "10000 malformed" in line and "9995 more" in line and len(line) < 1000
 
 
 @pytest.mark.parametrize(
