@@ -6,16 +6,20 @@ Run it in-process (``port = await nursery.start(AlpacaCompatibleServer(config).r
 """
 
 from adapters.alpaca_compatible_server.config import Faults, ServerConfig, SlowClientPolicy
+from adapters.alpaca_compatible_server.endpoints import AssetClass, Endpoint, stock_endpoints
 from adapters.alpaca_compatible_server.frames import WireFormat
 from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer, ServerStats
 from adapters.alpaca_compatible_server.session import Session
 
 __all__ = [
     "AlpacaCompatibleServer",
+    "AssetClass",
+    "Endpoint",
     "Faults",
     "ServerConfig",
     "ServerStats",
     "Session",
     "SlowClientPolicy",
     "WireFormat",
+    "stock_endpoints",
 ]

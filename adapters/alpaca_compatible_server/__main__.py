@@ -1,7 +1,8 @@
 """Command line: ``python -m adapters.alpaca_compatible_server --port 8765 --rate 1000 --batch 10``.
 
-Prints the listening URL (``ws://HOST:PORT``, any path works) as one line on stdout once it
-accepts connections, logs to stderr, and stops cleanly on SIGINT or SIGTERM (exit status 0).
+Prints the listening URL (``ws://HOST:PORT``; append an endpoint's path, e.g. ``/v2/iex``) as
+one line on stdout once it accepts connections, logs to stderr, and stops cleanly on SIGINT or
+SIGTERM (exit status 0).
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m adapters.alpaca_compatible_server",
         description=(
             "A local Alpaca-compatible market-data stream (stocks, v2): random-walk quotes and "
-            "trades for the subscribed symbols, JSON or msgpack, with fault injection. Any path "
-            "works (ws://HOST:PORT/v2/iex, /v2/sip, /v2/test). Prints the URL on stdout."
+            "trades for the subscribed symbols, JSON or msgpack, with fault injection. Endpoints "
+            "as Alpaca's: ws://HOST:PORT/v2/iex, /v2/sip, /v2/delayed_sip, /v2/test (FAKEPACA "
+            "only); any other path gets HTTP 404. Prints the URL on stdout."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from adapters.alpaca_compatible_server.endpoints import Endpoint, endpoint_map, stock_endpoints
+
 #: How often an idle or stalled session re-reads the live faults (seconds).
 FAULT_POLL_S = 0.02
 
@@ -82,8 +84,15 @@ class ServerConfig:
     close_timeout_s: float = 1.0
     """How long the server waits for the client's answer to its close frame."""
     symbol_limit: int | None = None
-    """Distinct symbols per session across all channels (Alpaca's free plan: 30); ``"*"``
-    exceeds any limit. ``None``: unlimited."""
+    """Distinct symbols per session across the endpoint's limited channels (stocks: trades and
+    quotes; Alpaca's free plan: 30); ``"*"`` on a limited channel exceeds any limit. Bars and
+    the other channels are not counted. ``None``: unlimited."""
+    connection_limit: int = 1
+    """Sessions per key on ONE endpoint (Alpaca: 1 on most plans); endpoints count
+    separately, so a key may hold ``/v2/iex`` and ``/v2/sip`` at once. The next one gets 406."""
+    endpoints: tuple[Endpoint, ...] = field(default_factory=stock_endpoints)
+    """The streams served, by path; any other path is refused with HTTP 404 at the upgrade.
+    Add an asset class by adding its endpoints here."""
     rate: float | None = 1000.0
     """Data messages (quotes and trades) per second per session; ``None`` or 0: as fast as the
     socket takes them (benchmark mode)."""
@@ -123,6 +132,9 @@ class ServerConfig:
                 raise ValueError(f"{name} must be within [0, 1]")
         if self.symbol_limit is not None and self.symbol_limit < 0:
             raise ValueError("symbol_limit must be >= 0")
+        if self.connection_limit < 1:
+            raise ValueError("connection_limit must be at least 1")
+        endpoint_map(self.endpoints)  # raises on duplicates
         if self.keys is not None and any(not k or not s for k, s in self.keys.items()):
             raise ValueError("keys must map non-empty key ids to non-empty secrets")
 

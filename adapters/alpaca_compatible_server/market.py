@@ -23,9 +23,6 @@ MAX_POOL_MESSAGES: Final = 20_000
 """Above this the pool no longer spans whole cycles (building one takes ~4 ms per 1000
 messages, on the event loop): shares may then differ by one message per pass through the pool."""
 
-IEX_EXCHANGES: Final = ("V",)
-SIP_EXCHANGES: Final = ("Q", "N", "P", "Z", "V", "K", "A", "B")
-
 Kind = Literal["q", "t"]
 Item = tuple[Kind, str]
 
@@ -37,11 +34,6 @@ class DataParams:
     one_sided_probability: float
     crossed_probability: float
     exchanges: tuple[str, ...]
-
-
-def exchanges_for_path(path: str) -> tuple[str, ...]:
-    """IEX quotes come from IEX only (``V``); other feeds from the SIP's venues."""
-    return IEX_EXCHANGES if "iex" in path.lower() else SIP_EXCHANGES
 
 
 def base_price_cents(symbol: str) -> int:

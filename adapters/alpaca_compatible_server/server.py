@@ -1,10 +1,12 @@
-"""A local Alpaca-compatible market-data stream server (stocks, v2) on trio-websocket.
+"""A local Alpaca-compatible market-data stream server on trio-websocket.
 
 It is the paper-mode feed, the double for end-to-end and fault tests, and the load generator for
-benchmarks. Any path is accepted (``/v2/iex``, ``/v2/sip``, ``/v2/test``, ...). The wire protocol
-follows Alpaca's: ``connected`` on connect, message auth within ``auth_timeout_s``, one session
-per key, subscribe/unsubscribe acked with the full set, error codes 400-409, JSON text frames or
-msgpack binary frames (upgrade header ``Content-Type: application/msgpack``).
+benchmarks. It serves the endpoints of ``config.endpoints`` by path (stocks: ``/v2/iex``,
+``/v2/sip``, ``/v2/delayed_sip``, ``/v2/test``; see ``endpoints.py``) and refuses any other path
+with HTTP 404 at the upgrade, as Alpaca does. The wire protocol follows Alpaca's: ``connected``
+on connect, message auth within ``auth_timeout_s``, ``connection_limit`` sessions per key and
+endpoint, subscribe/unsubscribe acked with the full set, the documented error codes, JSON text
+frames or msgpack binary frames (upgrade header ``Content-Type: application/msgpack``).
 
 Data are random-walk quotes and trades for the subscribed symbols only, at ``rate`` messages per
 second per connection in frames of ``batch`` messages, pre-encoded (see ``frames.py``); every
@@ -16,9 +18,9 @@ from __future__ import annotations
 import hmac
 import itertools
 import logging
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import anyio
 import anyio.abc
@@ -26,42 +28,18 @@ import trio
 from trio_websocket import WebSocketRequest, wrap_server_stream
 
 from adapters.alpaca_compatible_server.config import Faults, ServerConfig
+from adapters.alpaca_compatible_server.endpoints import Endpoint, endpoint_map, request_path
 from adapters.alpaca_compatible_server.frames import WireFormat, codec_for
+from adapters.alpaca_compatible_server.host import ServerStats, SessionHost
 from adapters.alpaca_compatible_server.session import Session
+
+__all__ = ["AlpacaCompatibleServer", "ServerStats"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class ServerStats:
-    """Counters over the server's lifetime (all connections)."""
-
-    connections_accepted: int = 0
-    """TCP connections accepted (before the upgrade)."""
-    upgrades_rejected: int = 0
-    """Upgrades answered with HTTP 429 (fault ``http_429_at_upgrade``)."""
-    handshake_timeouts: int = 0
-    auth_attempts: int = 0
-    auth_successes: int = 0
-    errors_sent: Counter[int] = field(default_factory=Counter)
-    """``{"T":"error"}`` messages sent, by code."""
-    frames_sent: int = 0
-    """Data frames (quotes, trades, bars); malformed and control frames are not counted."""
-    messages_sent: int = 0
-    """Data messages."""
-    control_frames_sent: int = 0
-    malformed_frames_sent: int = 0
-    frames_dropped: int = 0
-    """Frames skipped by the ``drop`` slow-client policy."""
-    connections_dropped: int = 0
-    """TCP connections closed without a close frame (faults, blocked sends)."""
-    slow_client_disconnects: int = 0
-    client_close_codes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
-    """Close codes sent by clients (1006: the client dropped TCP without a close frame)."""
-
-
 class AlpacaCompatibleServer:
-    """Serve Alpaca's stock stream protocol on ``config.host:config.port``.
+    """Serve Alpaca's stream protocol on ``config.host:config.port``, one stream per endpoint.
 
     Tests run it in-process: ``port = await nursery.start(server.run)``. Counters
     (:attr:`stats`), live sessions (:attr:`sessions`) and the live faults (:attr:`faults`) are
@@ -69,21 +47,45 @@ class AlpacaCompatibleServer:
     """
 
     def __init__(self, config: ServerConfig | None = None) -> None:
-        self.config = config or ServerConfig()
-        self.faults: Faults = replace(self.config.faults)
+        self._config = config or ServerConfig()
+        self._endpoints = endpoint_map(self._config.endpoints)
+        self._faults: Faults = replace(self._config.faults)
         """Live fault switches, read by every session; assign attributes to flip them."""
-        self.stats = ServerStats()
+        self._stats = ServerStats()
         self.sessions: dict[int, Session] = {}
         """Open WebSocket sessions by id (authenticated or not)."""
         self.ended_sessions: deque[Session] = deque(maxlen=100)
         """The most recent sessions that ended, oldest first."""
         self._ids = itertools.count(1)
-        self._sessions_by_key: dict[str, Session] = {}
+        self._slots: dict[tuple[str, str], list[int]] = {}
+        """Session ids holding a connection slot, by (key, endpoint path)."""
         self._changed = trio.lowlevel.ParkingLot()
         self._port: int | None = None
         self._stopping = False
         self._connections: dict[trio.CancelScope, Session | None] = {}
         """Every connection's (shielded) scope, and its session once upgraded."""
+
+    @property
+    def config(self) -> ServerConfig:
+        return self._config
+
+    @property
+    def faults(self) -> Faults:
+        """Live fault switches, read by every session; assign attributes to flip them."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        self._faults = faults
+
+    @property
+    def stats(self) -> ServerStats:
+        return self._stats
+
+    @property
+    def endpoints(self) -> dict[str, Endpoint]:
+        """The endpoints served, by path."""
+        return dict(self._endpoints)
 
     @property
     def port(self) -> int:
@@ -94,14 +96,18 @@ class AlpacaCompatibleServer:
 
     @property
     def url(self) -> str:
-        """``ws://host:port``; append any path, e.g. ``/v2/iex``."""
+        """``ws://host:port``; append an endpoint's path, e.g. ``/v2/iex``."""
         host = self.config.host
         return f"ws://[{host}]:{self.port}" if ":" in host else f"ws://{host}:{self.port}"
 
     @property
     def active_sessions(self) -> dict[str, Session]:
-        """Authenticated sessions by key id."""
-        return dict(self._sessions_by_key)
+        """Authenticated sessions by key id (the most recent one per key, on any endpoint)."""
+        return {key: self.sessions[ids[-1]] for (key, _), ids in self._slots.items() if ids}
+
+    def sessions_on(self, path: str) -> list[Session]:
+        """Open sessions on the endpoint at ``path``, oldest first."""
+        return [s for s in self.sessions.values() if s.path == path]
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
@@ -158,12 +164,22 @@ class AlpacaCompatibleServer:
         expected = keys.get(key)
         return expected is not None and hmac.compare_digest(expected.encode(), secret.encode())
 
-    def claim_key(self, key: str, session: Session) -> bool:
-        """Register ``session`` as the one session of ``key``; False if another one has it."""
-        if key in self._sessions_by_key:
+    def claim_slot(self, key: str, endpoint: str, session_id: int) -> bool:
+        holders = self._slots.setdefault((key, endpoint), [])
+        if len(holders) >= self._config.connection_limit:
             return False
-        self._sessions_by_key[key] = session
+        holders.append(session_id)
         return True
+
+    def _release_slot(self, session: Session) -> None:
+        if session.key is None:
+            return
+        slot = (session.key, session.path)
+        holders = self._slots.get(slot, [])
+        if session.id in holders:
+            holders.remove(session.id)
+        if not holders:
+            self._slots.pop(slot, None)
 
     def record_client_close(self, code: int) -> None:
         self.stats.client_close_codes.append(code)
@@ -222,9 +238,16 @@ class AlpacaCompatibleServer:
                 429, extra_headers=[(b"Retry-After", b"1")], body=b"Too Many Requests"
             )
             return
+        endpoint = self._endpoints.get(request_path(request.path))
+        if endpoint is None:
+            self.stats.upgrades_rejected += 1
+            self.notify()
+            await request.reject(404, body=b"Not Found")
+            return
         fmt = WireFormat.MSGPACK if _wants_msgpack(request) else WireFormat.JSON
         conn = await request.accept()
-        session = Session(self, next(self._ids), stream, conn, codec_for(fmt), request.path)
+        host: SessionHost = self
+        session = Session(host, next(self._ids), stream, conn, codec_for(fmt), endpoint)
         self.sessions[session.id] = session
         self._connections[scope] = session
         self.notify()
@@ -233,8 +256,7 @@ class AlpacaCompatibleServer:
             await session.run()
         finally:
             del self.sessions[session.id]
-            if session.key is not None and self._sessions_by_key.get(session.key) is session:
-                del self._sessions_by_key[session.key]
+            self._release_slot(session)
             self.ended_sessions.append(session)
             self.notify()
             with trio.CancelScope(shield=True), trio.move_on_after(cfg.close_timeout_s):

@@ -20,37 +20,27 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal
 
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from adapters.alpaca_compatible_server.config import FAULT_POLL_S, SlowClientPolicy
+from adapters.alpaca_compatible_server.endpoints import KNOWN_CHANNELS, Endpoint
 from adapters.alpaca_compatible_server.frames import (
     MALFORMED_KINDS,
     FramePool,
     JsonCodec,
     MsgpackCodec,
 )
-from adapters.alpaca_compatible_server.market import (
-    DataParams,
-    Item,
-    MarketData,
-    exchanges_for_path,
-)
+from adapters.alpaca_compatible_server.host import SessionHost
+from adapters.alpaca_compatible_server.market import DataParams, Item
 from domain.errors import InvalidSymbol
 from domain.symbols import validate_symbol
 from domain.timestamps import NS_PER_SECOND
 
-if TYPE_CHECKING:
-    from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
-
 logger = logging.getLogger(__name__)
 
-#: Subscribable channels, in the order the ack lists them.
-CHANNELS: Final = (
-    "trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds", "imbalances",
-)  # fmt: skip
 WILDCARD: Final = "*"
 _MAX_FRAMES_PER_WRITE: Final = 64
 _MAX_BYTES_PER_WRITE: Final = 256 * 1024
@@ -64,13 +54,17 @@ _ERROR_TEXT: Final = {
     406: "connection limit exceeded",
     407: "slow client",
     409: "insufficient subscription",
+    410: "invalid subscribe action for this feed",
+    412: "option messages are only available in MsgPack format",
+    413: "star subscription is not allowed for option quotes",
+    500: "internal error",
 }
 
 Subscriptions = dict[str, frozenset[str]]
 
 
-def _empty_subscriptions() -> Subscriptions:
-    return {channel: frozenset() for channel in CHANNELS}
+def _empty_subscriptions(channels: tuple[str, ...]) -> Subscriptions:
+    return {channel: frozenset() for channel in channels}
 
 
 class Session:
@@ -78,22 +72,23 @@ class Session:
 
     def __init__(
         self,
-        server: AlpacaCompatibleServer,
+        server: SessionHost,
         session_id: int,
         stream: trio.SocketStream,
         conn: WebSocketConnection,
         codec: JsonCodec | MsgpackCodec,
-        path: str,
+        endpoint: Endpoint,
     ) -> None:
         cfg = server.config
         self.id = session_id
-        self.path = path
+        self.endpoint = endpoint
+        self.path = endpoint.path
         self.format = codec.format
         self.key: str | None = None
         """The key id once authenticated."""
         self.authenticated = False
         self.connected_at = trio.current_time()
-        self.subscriptions: Subscriptions = _empty_subscriptions()
+        self.subscriptions: Subscriptions = _empty_subscriptions(endpoint.channels)
         """The set the last ack reported (what the client is subscribed to)."""
         self.frames_sent = 0
         self.messages_sent = 0
@@ -113,11 +108,11 @@ class Session:
             pool_frames=cfg.pool_frames,
             one_sided_probability=cfg.one_sided_probability,
             crossed_probability=cfg.crossed_probability,
-            exchanges=exchanges_for_path(path),
+            exchanges=endpoint.exchanges,
         )
-        self._market = MarketData(params, random.Random(seed))
+        self._market = endpoint.market(params, random.Random(seed))
         # What the sender streams: updated after the ack on subscribe, before it on unsubscribe.
-        self._data_subscriptions: Subscriptions = _empty_subscriptions()
+        self._data_subscriptions: Subscriptions = _empty_subscriptions(endpoint.channels)
         self._data_version = 0
         self._data_changed = trio.Event()
         self._send_started: float | None = None
@@ -238,7 +233,7 @@ class Session:
             await self._close_with_error(402)
         elif faults.insufficient_subscription:
             await self._close_with_error(409)
-        elif faults.reject_connections_with_406 or not server.claim_key(key, self):
+        elif faults.reject_connections_with_406 or not server.claim_slot(key, self.path, self.id):
             await self._close_with_error(406)
         else:
             self.key = key
@@ -249,10 +244,14 @@ class Session:
             await self._send_control({"T": "success", "msg": "authenticated"})
 
     async def _on_subscription(self, subscribe: bool, message: dict[object, object]) -> None:
+        channels = self.endpoint.channels
+        if any(key in KNOWN_CHANNELS and key not in channels for key in message):
+            await self._send_error(410)  # e.g. orderbooks or news on a stock stream
+            return
         changes: dict[str, frozenset[str]] = {}
-        for channel in CHANNELS:
+        for channel in channels:
             if channel not in message:
-                continue  # unknown keys are ignored, as Alpaca does on stocks
+                continue  # keys that are no channel at all are ignored
             symbols = message[channel]
             if not isinstance(symbols, list) or not all(map(_valid_symbol, symbols)):
                 await self._send_error(400)
@@ -260,7 +259,7 @@ class Session:
             changes[channel] = frozenset(symbols)
         current = self.subscriptions
         if subscribe:
-            new = {ch: current[ch] | changes.get(ch, frozenset()) for ch in CHANNELS}
+            new = {ch: current[ch] | changes.get(ch, frozenset()) for ch in channels}
             if self._exceeds_limit(new):
                 await self._send_error(405)
                 return
@@ -269,29 +268,33 @@ class Session:
             await self._send_ack()
             self._stream_data_for(new)  # only after the ack
         else:
-            new = {ch: current[ch] - changes.get(ch, frozenset()) for ch in CHANNELS}
+            new = {ch: current[ch] - changes.get(ch, frozenset()) for ch in channels}
             self.subscriptions = new
             self._stream_data_for(new)  # before the ack
             self._server.notify()
             await self._send_ack()
 
     def _exceeds_limit(self, subscriptions: Subscriptions) -> bool:
+        """Alpaca's plans limit the symbols of trades and quotes (the endpoint's limited
+        channels) together; bars and the rest are unlimited, ``"*"`` included."""
         limit = self._server.config.symbol_limit
         if limit is None:
             return False
-        distinct = frozenset().union(*subscriptions.values())
+        limited = self.endpoint.limited_channels
+        distinct = frozenset().union(*(s for ch, s in subscriptions.items() if ch in limited))
         return WILDCARD in distinct or len(distinct) > limit
 
     async def _send_ack(self) -> None:
         subs = self.subscriptions
+        endpoint = self.endpoint
         ack: dict[str, object] = {"T": "subscription"}
-        for channel in ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses"):
+        for channel in endpoint.channels:
+            if channel in endpoint.ack_when_non_empty and not subs[channel]:
+                continue
             ack[channel] = sorted(subs[channel])
-        ack["lulds"] = sorted(subs["lulds"])
-        ack["corrections"] = ack["trades"]
-        ack["cancelErrors"] = ack["trades"]
-        if subs["imbalances"]:
-            ack["imbalances"] = sorted(subs["imbalances"])
+            if channel == "lulds":  # the documented order: ..., lulds, corrections, ...
+                for follower in endpoint.follow_trades:
+                    ack[follower] = ack["trades"]
         await self._send_control(ack)
 
     def _stream_data_for(self, subscriptions: Subscriptions) -> None:
@@ -301,8 +304,12 @@ class Session:
         self._data_changed = trio.Event()
 
     def _expand(self, symbols: frozenset[str]) -> list[str]:
+        """The symbols that get data: ``"*"`` expanded, and only those the endpoint quotes."""
         if WILDCARD in symbols:
             symbols = (symbols - {WILDCARD}) | frozenset(self._server.config.wildcard_symbols)
+        only = self.endpoint.data_symbols
+        if only is not None:
+            symbols &= only
         return sorted(symbols)
 
     def _data_items(self) -> list[Item]:

@@ -32,13 +32,30 @@ async def test_connect_and_authenticate() -> None:
             assert server.stats.auth_attempts == 1 and server.stats.auth_successes == 1
 
 
-@pytest.mark.parametrize("path", ["/v2/iex", "/v2/sip", "/v2/test", "/v1beta1/overnight", "/"])
-async def test_any_path_is_accepted(path: str) -> None:
+@pytest.mark.parametrize("path", ["/v2/iex", "/v2/sip", "/v2/delayed_sip", "/v2/test"])
+async def test_each_stock_endpoint_is_served(path: str) -> None:
     with anyio.fail_after(5):
         async with running_server(QUIET) as server:
-            async with connect(server, path, authenticate=True):
+            async with connect(server, path + "?ignored=1", authenticate=True):
                 pass
             assert server.ended_sessions[-1].path == path
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/v2", "/v2/iex/", "/v2/IEX", "/v2/nope", "/v1beta3/crypto/us", "/stream"]
+)
+async def test_a_path_that_is_no_endpoint_is_refused_with_http_404_at_the_upgrade(
+    path: str,
+) -> None:
+    """Alpaca answers a wrong stream URL with HTTP 404 instead of 101 (alpaca-py #293/#383,
+    alpaca-trade-api-go #300). Crypto is not served until its endpoint is configured."""
+    with anyio.fail_after(5):
+        async with running_server(QUIET) as server:
+            with pytest.raises(ConnectionRejected) as rejected:
+                async with open_websocket_url(server.url + path):
+                    pass
+            assert rejected.value.status_code == 404
+            assert server.stats.upgrades_rejected == 1 and not server.ended_sessions
 
 
 async def test_by_default_any_non_empty_key_and_secret_is_accepted() -> None:
@@ -125,8 +142,8 @@ async def test_subscribe_adds_unsubscribe_removes_and_every_ack_is_the_full_set(
             assert session.subscriptions["quotes"] == {"AAPL"}
             assert session.subscriptions["trades"] == {"AAPL"}
             assert session.subscriptions["statuses"] == {"*"}
-            # Unsubscribing what is not subscribed and unknown keys are harmless.
-            assert await client.unsubscribe(quotes=["NVDA"], orderbooks=["X"]) == ack(
+            # Unsubscribing what is not subscribed and keys that are no channel are harmless.
+            assert await client.unsubscribe(quotes=["NVDA"], whatever=["X"]) == ack(
                 quotes=["AAPL"], trades=["AAPL"], statuses=["*"]
             )
 
@@ -150,10 +167,45 @@ async def test_symbol_limit_405_leaves_the_set_unchanged() -> None:
             assert await client.subscribe(trades=["*"]) == limit
             (session,) = server.sessions.values()
             assert session.subscriptions["quotes"] == {"AAPL", "MSFT"}
-            # Still open, and exactly at the limit is fine (distinct symbols across channels).
-            assert await client.subscribe(bars=["NVDA", "AAPL"]) == ack(
-                quotes=["AAPL", "MSFT"], trades=["AAPL"], bars=["AAPL", "NVDA"]
+            # Still open, and exactly at the limit is fine (distinct across trades and quotes).
+            assert await client.subscribe(trades=["NVDA", "AAPL"]) == ack(
+                quotes=["AAPL", "MSFT"], trades=["AAPL", "NVDA"]
             )
+
+
+async def test_the_symbol_limit_counts_trades_and_quotes_only() -> None:
+    """Alpaca's plans limit trades and quotes ("30 channels at a time for trades and quotes");
+    "there is no limit for the number of channels with minute bars": bars, ``bars: ["*"]`` and
+    the other channels never get 405."""
+    config = ServerConfig(symbol_limit=2, bar_interval_s=None, faults=Faults(stall=True))
+    many = ["AAPL", "AMD", "MSFT", "NVDA", "TSLA"]
+    with anyio.fail_after(5):
+        async with running_server(config) as server, connect(server, authenticate=True) as client:
+            assert await client.subscribe(quotes=["AAPL", "MSFT"]) == ack(quotes=["AAPL", "MSFT"])
+            full = await client.subscribe(
+                bars=["*"], dailyBars=many, updatedBars=many, statuses=["*"], lulds=many
+            )
+            assert full == ack(
+                quotes=["AAPL", "MSFT"],
+                bars=["*"],
+                dailyBars=many,
+                updatedBars=many,
+                statuses=["*"],
+                lulds=many,
+            )
+            assert await client.subscribe(trades=["NVDA"]) == error(405, "symbol limit exceeded")
+
+
+@pytest.mark.parametrize("channel", ["orderbooks", "news"])
+async def test_a_channel_of_another_stream_is_410_and_changes_nothing(channel: str) -> None:
+    """``orderbooks`` (crypto) and ``news`` exist on Alpaca's other streams, not on stocks:
+    "invalid subscribe action for this feed". A key that is no channel at all is ignored."""
+    with anyio.fail_after(5):
+        async with running_server(QUIET) as server, connect(server, authenticate=True) as client:
+            await client.subscribe(quotes=["MSFT"])
+            await client.send({"action": "subscribe", channel: ["AAPL"], "quotes": ["AAPL"]})
+            assert await client.control() == error(410, "invalid subscribe action for this feed")
+            assert await client.subscribe(whatever=["AAPL"]) == ack(quotes=["MSFT"])
 
 
 @pytest.mark.parametrize(
@@ -203,9 +255,11 @@ async def test_second_session_with_the_same_key_gets_406() -> None:
                     assert await second.auth() == error(406, "connection limit exceeded")
                     with pytest.raises(ConnectionClosed):
                         await second.recv()
-                # Another key is another slot; the first session is unaffected.
+                # Another key is another slot; so is another endpoint of the same key.
                 async with connect(server) as other:
                     assert (await other.auth("PKOTHER", "other"))["msg"] == "authenticated"
+                async with connect(server, "/v2/sip") as sip:
+                    assert (await sip.auth())["msg"] == "authenticated"
                 assert await first.subscribe(quotes=["AAPL"]) == ack(quotes=["AAPL"])
             # The slot is free again once the first session has closed.
             await server.wait_until(lambda: not server.active_sessions)
