@@ -3,7 +3,8 @@
 Start order (each ``tg.start`` returns once its component is ready): the price writer, the first
 subscription sync, then the connection loop, the periodic sync and the positions-changed
 listener. Cancelling the task group stops everything; :meth:`run` then flushes pending prices
-under a deadline. A fatal feed error ends :meth:`run` with :class:`FatalFeedError`.
+under a deadline. A fatal feed error ends :meth:`run` with :class:`FatalFeedError`, a store
+that refuses our settings with :class:`FatalStoreError`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from application.status import ServiceStatus
 from application.stream_prices import StreamMidPrices, StreamObserver
 from application.sync_subscriptions import SyncSubscriptions
 from domain.backoff import BackoffPolicy
-from domain.errors import FatalFeedError, PositionSourceError
+from domain.errors import FatalFeedError, FatalStoreError, PositionSourceError
 from domain.subscriptions import SubscriptionPlan
 from ports.clock import Clock
 from ports.event_bus import POSITIONS_CHANGED_CHANNEL, EventBus
@@ -118,8 +119,8 @@ class MarketDataService:
                     tg.start_soon(self._listen_for_position_changes)
                 task_status.started()
         except BaseExceptionGroup as group:
-            # A fatal feed error is the only expected way out; hand it over on its own.
-            fatal, rest = group.split(FatalFeedError)
+            # A fatal feed or store error is the only expected way out; hand it over alone.
+            fatal, rest = group.split((FatalFeedError, FatalStoreError))
             if fatal is not None and rest is None:
                 raise _first_leaf(fatal) from None
             raise
@@ -127,6 +128,6 @@ class MarketDataService:
             await self.stream.flush(self.config.shutdown_flush_s)
 
 
-def _first_leaf(group: BaseExceptionGroup[FatalFeedError]) -> FatalFeedError:
+def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     first = group.exceptions[0]
-    return first if isinstance(first, FatalFeedError) else _first_leaf(first)
+    return first if not isinstance(first, BaseExceptionGroup) else _first_leaf(first)

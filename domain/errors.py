@@ -7,6 +7,9 @@ vendor codes:
 - :class:`FatalFeedError`: retrying cannot help (402 bad credentials, 409 plan); stop and say why.
 - :class:`SymbolsRejected`: some symbols cannot be had (405 symbol limit, 400 on a subscribe);
   drop those symbols, report them, keep the session.
+
+Store errors: an outage is a builtin ``ConnectionError`` (retry); :class:`FatalStoreError` is a
+setting no retry can fix (exit 2, naming the setting).
 """
 
 from __future__ import annotations
@@ -104,3 +107,17 @@ class SymbolsRejected(FeedError):
 
 class PositionSourceError(DomainError):
     """Positions could not be read. Never to be taken as "no positions"."""
+
+
+class FatalStoreError(DomainError):
+    """The price store refuses us for a reason retrying cannot fix (wrong password, missing
+    permission): stop, and say which ``setting`` to check. Not a ``ConnectionError``: an outage
+    is retried, this is not."""
+
+    def __init__(self, reason: str, *, setting: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.setting = setting
+
+    def __str__(self) -> str:
+        return f"{self.reason}; check {self.setting}"

@@ -131,7 +131,7 @@ def cmd_price(argv: Sequence[str]) -> int:
     import orjson
 
     from adapters.redis import PriceReader
-    from domain.errors import InvalidSymbol
+    from domain.errors import FatalStoreError, InvalidSymbol
     from domain.symbols import normalize_symbol
 
     try:
@@ -147,6 +147,9 @@ def cmd_price(argv: Sequence[str]) -> int:
         except ConnectionError as e:
             print(f"mds price: Redis unavailable: {e}", file=sys.stderr)
             return 3
+        except FatalStoreError as e:
+            print(f"mds price: {e}", file=sys.stderr)
+            return 2
     for symbol in symbols:
         aged = found.get(symbol)
         if aged is None:
@@ -183,6 +186,7 @@ def cmd_watch(argv: Sequence[str]) -> int:
     from rich.table import Table
 
     from adapters.redis import PriceReader
+    from domain.errors import FatalStoreError
     from domain.price import Price
     from domain.staleness import AgedPrice
     from domain.symbols import normalize_symbol
@@ -233,12 +237,25 @@ def cmd_watch(argv: Sequence[str]) -> int:
 
     try:
         anyio.run(main, backend="trio")
-    except KeyboardInterrupt:  # Ctrl-C before the signal task was listening
-        pass
-    except ConnectionError as e:
-        print(f"mds watch: Redis unavailable: {e}", file=sys.stderr)
-        return 3
+    except BaseException as e:  # a task group wraps the iterator's error: judge the leaf
+        leaf = _leaf(e)
+        if isinstance(leaf, KeyboardInterrupt):  # Ctrl-C before the signal task listened
+            return 0
+        if isinstance(leaf, ConnectionError):
+            print(f"mds watch: Redis unavailable: {leaf}", file=sys.stderr)
+            return 3
+        if isinstance(leaf, FatalStoreError):
+            print(f"mds watch: {leaf}", file=sys.stderr)
+            return 2
+        raise
     return 0
+
+
+def _leaf(error: BaseException) -> BaseException:
+    """The single exception inside (nested) exception groups, else ``error`` itself."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def main(argv: Sequence[str] | None = None) -> int:

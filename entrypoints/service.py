@@ -5,8 +5,9 @@ nothing set it runs the embedded default: simulated quotes for AAPL, MSFT and SP
 and bus, the HTTP API on 127.0.0.1:8000, prices logged.
 
 Exit codes: 0 after SIGINT/SIGTERM/SIGHUP (128 + the signal's number when a second one cuts the
-shutdown short), 2 for invalid configuration (one message naming each bad
-variable), 3 when the feed fails fatally (bad credentials, plan without the feed, too many
+shutdown short), 2 for invalid configuration (one message naming each bad variable; also Redis
+refusing our credentials or permissions: "check REDIS_URL"), 3 when the feed fails fatally
+(bad credentials, plan without the feed, too many
 reconnect attempts), with one clear log line saying why and what to check.
 """
 
@@ -33,7 +34,7 @@ from adapters.redis import RedisPriceStore, open_redis_store
 from adapters.redis.lease import RedisLease
 from application.leadership import LeaderElection
 from application.service import MarketDataService
-from domain.errors import FatalFeedError
+from domain.errors import FatalFeedError, FatalStoreError
 from entrypoints.container import Container
 from entrypoints.settings import Settings, SettingsError, load_settings
 
@@ -140,7 +141,7 @@ async def run(
                 )
                 task_status.started(Running(service, urls))
         except BaseExceptionGroup as group:
-            fatal, rest = group.split(FatalFeedError)
+            fatal, rest = group.split((FatalFeedError, FatalStoreError))
             if fatal is not None and rest is None:
                 first: BaseException = fatal
                 while isinstance(first, BaseExceptionGroup):
@@ -189,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FatalFeedError as e:
         log.critical("stopping: %s", e)
         return EXIT_FATAL
+    except FatalStoreError as e:
+        log.critical("stopping: %s", e)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         pass
     log.info("stopped")

@@ -409,6 +409,9 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         if value is not None:
             _split_url(value, frozenset({"redis", "rediss", "unix"}))
+            from adapters.redis.connection import check_url  # redis-py's own URL parser
+
+            check_url(value)
         return value
 
     @field_validator("redis_sentinels", mode="before")

@@ -34,6 +34,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from adapters.redis import _redispy
+from domain.errors import FatalStoreError
 
 log = logging.getLogger(__name__)
 
@@ -59,45 +60,111 @@ class RedisUnavailable(ConnectionError):
     data and retry; the connection pool reconnects by itself once the server is back."""
 
 
-# redis-py errors that mean "the store is not available right now", not "this code is wrong".
-# (redis.exceptions.ConnectionError is NOT a builtin ConnectionError: everything is translated.)
-_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
-    rex.ConnectionError,  # includes AuthenticationError, BusyLoadingError, MaxConnectionsError
-    rex.TimeoutError,
-    rex.ReadOnlyError,  # a Sentinel failover demoted the master we talk to
-    rex.ClusterDownError,  # includes MasterDownError
-    rex.TryAgainError,
-    rex.MovedError,
-    rex.AskError,
-    rex.ClusterError,
-    rex.SlotNotCoveredError,
-    rex.RedisClusterException,  # "Redis Cluster cannot be connected" and friends
-    OSError,
+class RedisMisconfigured(FatalStoreError):
+    """Redis refuses us for a reason no retry can fix (password, user, permissions): the
+    message says what and ends with "check REDIS_URL". The redis-py error is the ``__cause__``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, setting="REDIS_URL")
+
+
+class Fault(StrEnum):
+    """What an error from redis-py means for the caller."""
+
+    OUTAGE = "outage"  # degrade, keep data, retry; recovers by itself
+    SETTING = "setting"  # the configuration is wrong: one line naming REDIS_URL, exit 2
+
+
+# THE classification of everything redis-py can raise, in one place.
+#
+# 1. A server error reply is classified by its code (the reply's first word; redis-py 8 keeps it
+#    in ``status_code`` and drops it from the text for the codes it knows, e.g. OOM).
+REPLY_CODES: dict[str, tuple[Fault, str]] = {
+    "OOM": (Fault.OUTAGE, "out of memory (maxmemory reached, writes refused)"),
+    "READONLY": (Fault.OUTAGE, "read-only replica (a failover demoted the master)"),
+    "LOADING": (Fault.OUTAGE, "loading its dataset"),
+    "BUSY": (Fault.OUTAGE, "busy running a long script"),
+    "MISCONF": (Fault.OUTAGE, "background save failing (writes refused)"),
+    "NOSCRIPT": (Fault.OUTAGE, "script cache flushed"),
+    "MASTERDOWN": (Fault.OUTAGE, "replica lost its master"),
+    "NOREPLICAS": (Fault.OUTAGE, "not enough replicas"),
+    "CLUSTERDOWN": (Fault.OUTAGE, "cluster down"),
+    "TRYAGAIN": (Fault.OUTAGE, "cluster slot migrating"),
+    "MOVED": (Fault.OUTAGE, "cluster slot moved"),
+    "ASK": (Fault.OUTAGE, "cluster slot migrating"),
+    "NOAUTH": (Fault.SETTING, "Redis requires a password"),
+    "WRONGPASS": (Fault.SETTING, "Redis refused the user name or password"),
+    "NOPERM": (Fault.SETTING, "the Redis user lacks a permission the service needs"),
+}
+# 2. Texts that identify a condition whatever the code (script errors carry them after "ERR").
+REPLY_TEXTS: tuple[tuple[str, Fault, str], ...] = (
+    ("non local key", Fault.OUTAGE, "cluster slot migrating"),
+    ("cluster is down", Fault.OUTAGE, "cluster down"),
+    (
+        "called without any password configured",
+        Fault.SETTING,
+        "REDIS_URL has a password, Redis has none",
+    ),
+    ("no password is set", Fault.SETTING, "REDIS_URL has a password, Redis has none"),
 )
-# Server replies that also mean "cannot write now" (memory limit, failed persistence).
-_OUTAGE_REPLY_PREFIXES = ("OOM", "MISCONF", "NOREPLICAS", "LOADING", "CLUSTERDOWN", "TRYAGAIN")
+# 3. Then by redis-py class, most specific first (transport and client-side errors).
+ERROR_CLASSES: tuple[tuple[type[BaseException], Fault, str], ...] = (
+    (rex.AuthenticationWrongNumberOfArgsError, Fault.SETTING, "authentication refused"),
+    (rex.AuthenticationError, Fault.SETTING, "authentication refused"),
+    (rex.AuthorizationError, Fault.SETTING, "authorization refused"),
+    (rex.NoPermissionError, Fault.SETTING, "permission denied"),
+    (rex.BusyLoadingError, Fault.OUTAGE, "loading its dataset"),
+    (rex.TimeoutError, Fault.OUTAGE, "timed out"),
+    (rex.ConnectionError, Fault.OUTAGE, "connection failed"),
+    (rex.RedisClusterException, Fault.OUTAGE, "cluster unreachable"),
+    (OSError, Fault.OUTAGE, "connection failed"),
+    # Anything else redis-py raises (an unknown reply code, a protocol error) is an outage:
+    # logged with its text, retried; never the end of the process.
+    (rex.RedisError, Fault.OUTAGE, "unexpected reply"),
+)
+
+
+def classify(error: BaseException) -> tuple[Fault, str] | None:
+    """``(fault, meaning)`` for an error raised by redis-py, or None for anything else (a bug
+    in our code is not an outage)."""
+    if isinstance(error, rex.ResponseError):
+        code = getattr(error, "status_code", None) or str(error).split(" ", 1)[0]
+        known = REPLY_CODES.get(code)
+        if known is not None:
+            return known
+        text = str(error)
+        for needle, fault, meaning in REPLY_TEXTS:
+            if needle in text:
+                return fault, meaning
+    for cls, fault, meaning in ERROR_CLASSES:
+        if isinstance(error, cls):
+            return fault, meaning
+    return None
 
 
 def is_outage(error: BaseException) -> bool:
     """True when ``error`` (from redis-py) means the store is unavailable, not a bug."""
-    if isinstance(error, _OUTAGE_ERRORS):
-        return True
-    if not isinstance(error, rex.ResponseError):
-        return False
-    text = str(error)
-    # A script's inner command refused because the cluster is down has no CLUSTERDOWN prefix.
-    return text.startswith(_OUTAGE_REPLY_PREFIXES) or "cluster is down" in text
+    found = classify(error)
+    return found is not None and found[0] is Fault.OUTAGE
 
 
 def translate(error: BaseException, what: str) -> BaseException:
-    """The error to raise at the adapter boundary for a redis-py ``error`` during ``what``."""
-    if isinstance(error, RedisUnavailable):
+    """The error to raise at the adapter boundary for a redis-py ``error`` during ``what``:
+    :class:`RedisUnavailable` for an outage, :class:`RedisMisconfigured` for a setting, the
+    error itself when it is not redis-py's."""
+    if isinstance(error, RedisUnavailable | RedisMisconfigured):
         return error
-    if is_outage(error):
-        translated = RedisUnavailable(f"redis unavailable during {what}: {error}")
-        translated.__cause__ = error
-        return translated
-    return error
+    found = classify(error)
+    if found is None:
+        return error
+    fault, meaning = found
+    translated: BaseException
+    if fault is Fault.SETTING:
+        translated = RedisMisconfigured(f"Redis refused {what}: {meaning} ({error})")
+    else:
+        translated = RedisUnavailable(f"redis unavailable during {what}: {meaning}: {error}")
+    translated.__cause__ = error
+    return translated
 
 
 def redact_url(url: str) -> str:
@@ -112,6 +179,15 @@ def redact_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def check_url(url: str) -> None:
+    """Raise ``ValueError`` (a one-line reason) unless redis-py accepts ``url``, query options
+    included (``?socket_timeout=abc`` is refused here, at start-up, not at the first call)."""
+    try:
+        _redispy.parse_url(url)
+    except (ValueError, TypeError) as e:
+        raise ValueError(str(e) or "not a valid Redis URL") from None
 
 
 def _parse_host_port(address: str | tuple[str, int]) -> tuple[str, int]:

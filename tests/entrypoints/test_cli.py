@@ -147,3 +147,41 @@ def test_watch_without_redis_says_so_and_exits_3() -> None:
     result = mds("watch", "AAPL", env={"REDIS_URL": f"redis://127.0.0.1:{port}/0"})
     assert result.returncode == 3
     assert "mds watch: Redis unavailable" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["price", "watch"])
+def test_redis_refusing_our_password_is_a_setting_error_exit_2(
+    command: str, tmp_path: Path
+) -> None:
+    """Redis wants a password REDIS_URL lacks (NOAUTH; on RESP3 "HELLO must be called with the
+    client already authenticated"): one line ending "check REDIS_URL", exit 2, no traceback."""
+    from tests.redis_servers import start_server
+
+    server = start_server(tmp_path, extra_args=("--requirepass", "pw-not-in-the-url"))
+    try:
+        result = mds(command, "AAPL", env={"REDIS_URL": server.url})
+    finally:
+        server.stop()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("check REDIS_URL"), lines
+
+
+@pytest.mark.parametrize("command", ["price", "watch"])
+def test_a_bad_redis_url_option_is_a_setting_error_exit_2(command: str) -> None:
+    """``REDIS_URL=...?socket_timeout=abc``: refused as a setting (exit 2, names REDIS_URL)."""
+    result = mds(command, "AAPL", env={"REDIS_URL": "redis://127.0.0.1:1/0?socket_timeout=abc"})
+    assert result.returncode == 2, result.stderr
+    assert "REDIS_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_price_reads_from_a_redis_that_is_out_of_memory(own_redis_server: RedisServer) -> None:
+    """Redis at maxmemory with noeviction still serves reads: ``mds price`` works (exit 1 for
+    the missing symbol, no traceback)."""
+    with own_redis_server.client() as r:
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", "1")
+    result = mds("price", "OOMSYM", env={"REDIS_URL": own_redis_server.url})
+    assert result.returncode == 1, result.stderr
+    assert "OOMSYM: no price" in result.stderr and "Traceback" not in result.stderr

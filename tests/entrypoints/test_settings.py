@@ -482,3 +482,12 @@ def test_markdown_table_lists_every_variable_once() -> None:
     assert len(set(names)) == len(names) == 32
     assert all(row.count(" | ") == 2 for row in rows)
     assert "| `MDS_PRICE_TTL` | `300` |" in table
+
+
+def test_a_redis_url_option_redis_py_refuses_is_a_setting_error() -> None:
+    """``?socket_timeout=abc``: refused by redis-py's own URL parser at load time (one line
+    naming REDIS_URL and the option; the query itself stays hidden: it may hold secrets)."""
+    message = error_of({"REDIS_URL": "redis://r:6379/0?socket_timeout=abc"})
+    problems = [line.strip() for line in message.splitlines()[1:]]
+    assert len(problems) == 1 and problems[0].startswith("REDIS_URL: "), message
+    assert "socket_timeout" in problems[0] and "abc" not in problems[0], message

@@ -12,6 +12,7 @@ from adapters.redis import RedisConnection, RedisPriceCache, RedisUnavailable, o
 from adapters.redis.connection import redact_url
 from adapters.redis.event_bus import RedisEventBus
 from adapters.redis.price_cache import AppliedPrices
+from domain.errors import FatalStoreError
 from ports.event_bus import EventBus
 from ports.price_cache import PriceCache
 from tests.adapters.redis.helpers import T0, in_thread, price, unique
@@ -129,10 +130,11 @@ async def test_password_in_url_works_and_is_never_shown(tmp_path: Path) -> None:
         with redis.Redis(port=server.port, password="s3cret-pw", db=2) as c:
             assert await in_thread(lambda: c.exists("price:" + s)) == 1  # db from the URL
         bad = f"redis://:wrong@127.0.0.1:{server.port}/0"
-        with pytest.raises(ConnectionError) as info:
+        with pytest.raises(FatalStoreError) as info:  # a setting, not an outage
             async with open_redis_store(bad, require_connection=True):
                 pass
         assert "wrong" not in str(info.value)
+        assert str(info.value).endswith("check REDIS_URL")
     finally:
         server.stop()
 
