@@ -24,7 +24,7 @@ latest price of every symbol.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import anyio
@@ -187,6 +187,11 @@ class StreamMidPrices:
     @property
     def pending(self) -> int:
         return len(self._queue) + len(self._latest)
+
+    def count_unpriced(self, symbols: Iterable[str], since_ns: int) -> int:
+        """How many of ``symbols`` have no price with a venue time at or after ``since_ns``."""
+        newest = self._newest_ts
+        return sum(1 for symbol in symbols if newest.get(symbol, -1) < since_ns)
 
     # -- writer side ------------------------------------------------------------------------
     async def run(

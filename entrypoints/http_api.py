@@ -15,6 +15,14 @@ Endpoints (all JSON unless noted; every answer carries ``Cache-Control: no-store
 - ``POST /subscriptions/sync``: read positions now and resubscribe; 503 when the position
   source fails or this instance cannot sync (standby).
 - ``GET /metrics``: Prometheus text format, from the registry given to :func:`create_app`.
+- ``GET /prices/stream``: live prices as Server-Sent Events (see :mod:`entrypoints.http_sse`).
+- ``GET /``: the live page (one self-contained HTML file, fed by ``/prices/stream`` and
+  ``/health``; no CDN, works offline).
+
+**Access** (:class:`HttpOptions`): with a token set, mutating endpoints (``POST``) need
+``Authorization: Bearer <token>`` (compared in constant time, never logged); with
+``protect="all"`` every endpoint does. Cross-origin callers are allowed only from the configured
+origins (CORS headers for ``fetch`` and ``EventSource``).
 
 **Symbol input** is normalised, then validated: surrounding whitespace is stripped and ASCII
 letters upper-cased (``aapl`` reads ``AAPL``), then Alpaca's format applies. Non-ASCII input is
@@ -28,23 +36,28 @@ round-trips (the same digits as Python's ``repr``): a mid of 150.26 is written `
 
 from __future__ import annotations
 
+import hmac
+import importlib.resources
 import logging
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal, Protocol
 
 import anyio
 import anyio.abc
-import hypercorn.trio
 import orjson
 import trio
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import Response
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from application.price_fanout import PriceFanOut
 from domain.errors import InvalidSymbol, PositionSourceError
 from domain.staleness import AgedPrice
 from domain.symbols import normalize_symbol
@@ -113,6 +126,18 @@ class ServiceView(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class HttpOptions:
+    """Access rules and live-stream bounds of the API (from MDS_HTTP_*, MDS_CORS_ORIGINS and
+    MDS_SSE_* settings)."""
+
+    token: str | None = None  # bearer token; None: no endpoint needs one
+    protect: Literal["mutating", "all"] = "mutating"
+    cors_origins: tuple[str, ...] = ()
+    sse_heartbeat_s: float = 15.0
+    sse_send_timeout_s: float = 10.0
+
+
 class Unavailable(Exception):
     """The view cannot serve this request now; the API answers 503 with the message."""
 
@@ -179,13 +204,94 @@ def _error(status_code: int, detail: str, **extra: object) -> Response:
     return _json({"detail": detail, **extra}, status_code)
 
 
-def create_app(view: ServiceView, registry: CollectorRegistry | None = None) -> FastAPI:
-    """The API over ``view``; ``/metrics`` exposes ``registry`` (absent: 404)."""
+def _page() -> bytes:
+    return (importlib.resources.files("entrypoints") / "static" / "index.html").read_bytes()
+
+
+class BearerToken:
+    """Pure ASGI middleware (streams pass through untouched): requests that need the token and
+    lack it get 401. CORS preflights (``OPTIONS``) never need it."""
+
+    def __init__(self, app: Any, *, token: str, protect: Literal["mutating", "all"]) -> None:
+        self._app = app
+        self._token = token.encode()
+        self._protect = protect
+
+    def _needs_token(self, method: str) -> bool:
+        if method == "OPTIONS":
+            return False
+        return self._protect == "all" or method not in ("GET", "HEAD")
+
+    def _authorised(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        for name, value in headers:
+            if name.lower() == b"authorization":
+                scheme, _, given = value.partition(b" ")
+                if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token):
+                    return True
+        return False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            scope["type"] == "http"
+            and self._needs_token(scope["method"])
+            and not self._authorised(scope["headers"])
+        ):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"cache-control", b"no-store"),
+                        (b"www-authenticate", b"Bearer"),
+                    ],
+                }
+            )
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b'{"detail":"missing or wrong bearer token (MDS_HTTP_TOKEN)"}',
+                }
+            )
+            return
+        await self._app(scope, receive, send)
+
+
+def create_app(
+    view: ServiceView,
+    registry: CollectorRegistry | None = None,
+    *,
+    fanout: PriceFanOut | None = None,
+    options: HttpOptions | None = None,
+) -> FastAPI:
+    """The API over ``view``; ``/metrics`` exposes ``registry`` (absent: 404);
+    ``/prices/stream`` serves ``fanout`` (absent: 404)."""
+    opts = options or HttpOptions()
     app = FastAPI(
         title="market-data-service",
         summary="Live mid prices from Alpaca quotes, cached in Redis.",
         version="0.1.0",
     )
+
+    if opts.token is not None:
+        app.add_middleware(BearerToken, token=opts.token, protect=opts.protect)
+
+    if opts.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(opts.cors_origins),
+            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Cache-Control"],
+            max_age=600,
+        )
+
+    @app.get("/", summary="The live page (HTML)", include_in_schema=False)
+    async def page() -> Response:
+        return Response(
+            _page(), media_type="text/html; charset=utf-8", headers=_NO_STORE
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def not_routed(request: Request, exc: StarletteHTTPException) -> Response:
@@ -245,6 +351,32 @@ def create_app(view: ServiceView, registry: CollectorRegistry | None = None) -> 
                 "missing": [s for s in wanted if s not in found],
             }
         )
+
+    if fanout is not None:
+        live = fanout
+
+        @app.get("/prices/stream", summary="Live prices (Server-Sent Events)")
+        async def price_stream(request: Request) -> Any:
+            raw = [
+                item
+                for value in request.query_params.getlist("symbols")
+                for item in value.split(",")
+                if item.strip()
+            ]
+            symbols: list[str] | None = None
+            if raw:
+                try:
+                    symbols = list(dict.fromkeys(parse_symbol(item) for item in raw))
+                except _BadSymbol as e:
+                    return _error(422, str(e))
+            from entrypoints.http_sse import EventStreamResponse
+
+            return EventStreamResponse(
+                live,
+                symbols,
+                heartbeat_s=opts.sse_heartbeat_s,
+                send_timeout_s=opts.sse_send_timeout_s,
+            )
 
     @app.get("/prices/{symbol:path}", summary="Price of one symbol")
     async def price(symbol: str) -> Response:
@@ -314,9 +446,15 @@ async def serve_http(
     port: int,
     *,
     graceful_timeout_s: float = 1.0,
+    stuck_peer_timeout_s: float | None = 10.0,
     task_status: anyio.abc.TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` with hypercorn's trio worker until cancelled.
+
+    A peer that stops reading (its receive window stays closed) is disconnected by the kernel
+    after ``stuck_peer_timeout_s`` (``TCP_USER_TIMEOUT`` on every accepted socket): hypercorn
+    writes under a shielded cancel scope, so no deadline of ours could end such a write, and
+    without this a stalled ``/prices/stream`` client would hold its connection for ever.
 
     ``task_status.started`` receives the bound addresses (``["http://127.0.0.1:8000"]``; with
     port 0 the real port) once the socket listens. When the caller's scope is cancelled the
@@ -332,10 +470,23 @@ async def serve_http(
     server_scope = anyio.CancelScope(shield=True)
 
     # anyio's task groups run on trio here, so ``tg.start`` hands over trio's own TaskStatus.
+    sockets = config.create_sockets()  # binds now: OSError here when the port is taken
+    for sock in sockets.insecure_sockets:
+        if stuck_peer_timeout_s is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            # inherited by each accepted connection
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(stuck_peer_timeout_s * 1000)
+            )
+        sock.listen(config.backlog)
+
     async def run_server(*, task_status: trio.TaskStatus[list[str]]) -> None:
         with server_scope:
-            await hypercorn.trio.serve(
-                app, config, shutdown_trigger=stop.wait, task_status=task_status
+            await worker_serve(
+                wrap_app(app, config.wsgi_max_body_size, None),
+                config,
+                sockets=sockets,
+                shutdown_trigger=stop.wait,
+                task_status=task_status,
             )
 
     try:

@@ -18,6 +18,7 @@ live state without locks), so do not call :meth:`ServiceMetrics.render` from a w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ CACHE_WRITE_BUCKETS: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+FRESH_PRICE_S: Final = 60.0  # mds_subscribed_symbols_without_fresh_price counts older ones
 
 NO_MID_REASONS: Final = ("empty_bid", "empty_ask", "crossed")
 
@@ -74,6 +77,7 @@ class MetricsSnapshot:
     position_sync_errors: int = 0
     symbols_rejected: int = 0
     pending_writes: int = 0
+    symbols_without_fresh_price: int = 0
     redis_degraded: bool = False
     leader: bool = True
     uptime_s: float = 0.0
@@ -182,9 +186,12 @@ class ServiceMetrics:
         every scrape (the same as ``bind`` with :meth:`MetricsSnapshot.from_status`)."""
 
         def read() -> MetricsSnapshot:
-            return MetricsSnapshot.from_status(
+            snapshot = MetricsSnapshot.from_status(
                 service.status, service.feed.stats, now=service.clock.monotonic()
             )
+            since = service.clock.now_ns() - int(FRESH_PRICE_S * 1e9)
+            unpriced = service.stream.count_unpriced(service.status.confirmed, since)
+            return dataclasses.replace(snapshot, symbols_without_fresh_price=unpriced)
 
         self.bind(read)
 
@@ -292,6 +299,11 @@ class _SnapshotCollector(Collector):
             "symbols_rejected", "Symbols the venue refused to subscribe.", s.symbols_rejected
         )
         yield gauge("pending_writes", "Prices waiting to be written.", s.pending_writes)
+        yield gauge(
+            "subscribed_symbols_without_fresh_price",
+            f"Confirmed symbols without a price newer than {FRESH_PRICE_S:g} s (venue time).",
+            s.symbols_without_fresh_price,
+        )
         yield gauge("redis_degraded", "1 while the cache store is unreachable.", s.redis_degraded)
         yield gauge("leader", "1 when this instance streams (HA leader), 0 on standby.", s.leader)
         yield gauge("uptime_seconds", "Seconds since the service started.", s.uptime_s)
