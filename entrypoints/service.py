@@ -97,7 +97,8 @@ async def run(
 ) -> None:
     """Run the service until cancelled or a signal; raises :class:`FatalFeedError` when the
     feed cannot go on. ``started`` hands over the running service and the API's URLs."""
-    from entrypoints.http_api import create_app, serve_http
+    from application.price_fanout import PriceFanOut
+    from entrypoints.http_api import HttpOptions, create_app, serve_http
     from entrypoints.metrics import ServiceMetrics
     from entrypoints.runtime import cancel_on_signals
     from entrypoints.view import ServiceViewAdapter
@@ -113,7 +114,21 @@ async def run(
         service = container.service()
         view = ServiceViewAdapter(service, store=store.name, max_age_s=settings.price_ttl_s)
         metrics.attach(service)
-        app = create_app(view, metrics.registry)
+        status = service.status
+        fanout = PriceFanOut(
+            service.bus,
+            service.cache,
+            max_clients=settings.sse_max_clients,
+            all_symbols=lambda: status.confirmed or status.desired,
+        )
+        token = settings.http_token.get_secret_value() if settings.http_token else None
+        options = HttpOptions(
+            token=token,
+            protect=settings.http_protect,
+            cors_origins=settings.cors_origins,
+            sse_send_timeout_s=settings.sse_send_timeout_s,
+        )
+        app = create_app(view, metrics.registry, fanout=fanout, options=options)
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(
@@ -130,7 +145,13 @@ async def run(
                     await tg.start(election.run, service.run)
                 else:
                     await tg.start(service.run)
-                urls = await tg.start(serve_http, app, settings.http_host, settings.http_port)
+                await tg.start(fanout.run)
+                urls = await tg.start(
+                    partial(serve_http, stuck_peer_timeout_s=settings.sse_send_timeout_s),
+                    app,
+                    settings.http_host,
+                    settings.http_port,
+                )
                 if settings.feed == "sim" and store.name == "memory":
                     tg.start_soon(log_prices, service)
                 log.info(

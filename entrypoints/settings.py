@@ -313,6 +313,50 @@ class Settings(BaseSettings):
         validation_alias="MDS_HTTP_PORT",
         description="Port of the HTTP API (`0`: any free port).",
     )
+    http_token: SecretStr | None = Field(
+        default=None,
+        validation_alias="MDS_HTTP_TOKEN",
+        description=(
+            "Bearer token the mutating endpoints (`POST /subscriptions/sync`) require "
+            "(`Authorization: Bearer …`); required when MDS_HTTP_HOST is not loopback. Never "
+            "logged."
+        ),
+        json_schema_extra=_doc("unset"),
+    )
+    http_protect: Literal["mutating", "all"] = Field(
+        default="mutating",
+        validation_alias="MDS_HTTP_PROTECT",
+        description=(
+            "`mutating`: only changes need MDS_HTTP_TOKEN; `all`: every endpoint does (the live "
+            "page and stream too)."
+        ),
+    )
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        validation_alias="MDS_CORS_ORIGINS",
+        description=(
+            "Comma-separated origins (`https://desk.example.com`) whose pages may call the API "
+            "and `/prices/stream` (CORS); `*` for any. None by default."
+        ),
+    )
+    sse_max_clients: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        validation_alias="MDS_SSE_MAX_CLIENTS",
+        description="Most `/prices/stream` clients at once; more get 503.",
+    )
+    sse_send_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        validation_alias="MDS_SSE_SEND_TIMEOUT",
+        description=(
+            "An HTTP client (a `/prices/stream` reader above all) that reads nothing for this "
+            "long while data waits for it is disconnected."
+        ),
+    )
     log_format: LogFormat = Field(
         default_factory=lambda: "console" if _stderr_is_tty() else "json",
         validation_alias="MDS_LOG_FORMAT",
@@ -488,6 +532,42 @@ class Settings(BaseSettings):
             _check_host(value)
         return value
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _cors_origins(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        origins: list[str] = []
+        for item in (part.strip() for part in value.split(",")):
+            if not item:
+                continue
+            if item != "*":
+                parts = urlsplit(item)
+                if parts.scheme not in ("http", "https") or not parts.hostname or (
+                    parts.path not in ("", "/") or parts.query or parts.fragment
+                ):
+                    shown = item if len(item) <= 40 else item[:40] + "…"
+                    raise ValueError(
+                        f"expected origins like https://desk.example.com, got {shown!r}"
+                    )
+                item = f"{parts.scheme}://{parts.netloc}"
+            origins.append(item)
+        return tuple(dict.fromkeys(origins))
+
+    @field_validator("http_token", mode="before")
+    @classmethod
+    def _http_token(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return None
+            if len(value) < 16 or any(ch.isspace() or not ch.isprintable() for ch in value):
+                raise ValueError(
+                    "must be at least 16 printable characters without spaces "
+                    "(e.g. `openssl rand -hex 24`)"
+                )
+        return value
+
     @field_validator("redis_master", mode="before")
     @classmethod
     def _master(cls, value: object) -> object:
@@ -545,6 +625,13 @@ class Settings(BaseSettings):
             problems.append("MDS_HA: needs Redis (set REDIS_URL or MDS_REDIS_SENTINELS)")
         if self.feed == "replay" and not self.replay_file.is_file():
             problems.append(f"MDS_REPLAY_FILE: file not found: '{self.replay_file}'")
+        if self.http_token is None and not is_loopback_host(self.http_host):
+            problems.append(
+                f"MDS_HTTP_TOKEN: required when MDS_HTTP_HOST is not loopback (got "
+                f"{self.http_host}): anyone who reaches the port could change subscriptions"
+            )
+        if self.http_protect == "all" and self.http_token is None:
+            problems.append("MDS_HTTP_TOKEN: required when MDS_HTTP_PROTECT=all")
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -570,7 +657,7 @@ class Settings(BaseSettings):
     def secret_values(self) -> tuple[str, ...]:
         """Every secret string in the configuration, for the log redaction filter."""
         values: list[str] = []
-        for key in (self.alpaca_api_key, self.alpaca_secret_key):
+        for key in (self.alpaca_api_key, self.alpaca_secret_key, self.http_token):
             if key is not None:
                 values.append(key.get_secret_value())
         for url in (self.redis_url, self.positions_url):

@@ -74,37 +74,43 @@ async def test_image_first_then_every_update_as_published_json() -> None:
     rig = Rig()
     await rig.cache.put_many([price("AAPL", 150.25, 150.27), price("MSFT", 400, 400.5)])
     with anyio.fail_after(10):
-        async with served(rig) as url, httpx.AsyncClient(base_url=url) as c:
-            async with c.stream("GET", "/prices/stream?symbols=aapl,MSFT,SPY") as r:
-                assert r.status_code == 200
-                assert r.headers["content-type"].startswith("text/event-stream")
-                assert r.headers["cache-control"] == "no-store"
-                got = events(r.aiter_lines())
-                assert await anext(got) == {"retry": "2000"}
-                image = [await anext(got), await anext(got)]
-                assert {e["id"] for e in image} == {"AAPL", "MSFT"}
-                for e in image:
-                    assert e["data"].encode() == (await rig.cache.get(e["id"])).to_json()  # type: ignore[union-attr]
-                await wait_for(lambda: len(rig.bus._subscribers) == 1)
-                update = price("SPY", 500, 500.02, T0 + 5)
-                await rig.bus.publish_many([update, price("NVDA", 1, 2, T0 + 6)])
-                event = await anext(got)
-                assert event == {"id": "SPY", "data": update.to_json().decode()}
+        async with (
+            served(rig) as url,
+            httpx.AsyncClient(base_url=url) as c,
+            c.stream("GET", "/prices/stream?symbols=aapl,MSFT,SPY") as r,
+        ):
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            assert r.headers["cache-control"] == "no-store"
+            got = events(r.aiter_lines())
+            assert await anext(got) == {"retry": "2000"}
+            image = [await anext(got), await anext(got)]
+            assert {e["id"] for e in image} == {"AAPL", "MSFT"}
+            for e in image:
+                assert e["data"].encode() == (await rig.cache.get(e["id"])).to_json()  # type: ignore[union-attr]
+            await wait_for(lambda: len(rig.bus._subscribers) == 1)
+            update = price("SPY", 500, 500.02, T0 + 5)
+            await rig.bus.publish_many([update, price("NVDA", 1, 2, T0 + 6)])
+            event = await anext(got)
+            assert event == {"id": "SPY", "data": update.to_json().decode()}
 
 
 async def test_no_symbols_means_every_subscribed_symbol() -> None:
     rig = Rig()
     await rig.cache.put_many([price("AAPL", 1, 2), price("MSFT", 3, 4), price("OTHER", 5, 6)])
     with anyio.fail_after(10):
-        async with served(rig) as url, httpx.AsyncClient(base_url=url) as c:
-            async with c.stream("GET", "/prices/stream") as r:
-                got = events(r.aiter_lines())
-                await anext(got)  # retry
-                image = {(await anext(got))["id"], (await anext(got))["id"]}
-                assert image == {"AAPL", "MSFT"}
-                await wait_for(lambda: len(rig.bus._subscribers) == 1)
-                await rig.bus.publish_many([price("TSLA", 7, 8, T0 + 1)])
-                assert (await anext(got))["id"] == "TSLA"
+        async with (
+            served(rig) as url,
+            httpx.AsyncClient(base_url=url) as c,
+            c.stream("GET", "/prices/stream") as r,
+        ):
+            got = events(r.aiter_lines())
+            await anext(got)  # retry
+            image = {(await anext(got))["id"], (await anext(got))["id"]}
+            assert image == {"AAPL", "MSFT"}
+            await wait_for(lambda: len(rig.bus._subscribers) == 1)
+            await rig.bus.publish_many([price("TSLA", 7, 8, T0 + 1)])
+            assert (await anext(got))["id"] == "TSLA"
 
 
 async def test_a_bad_symbol_is_422() -> None:

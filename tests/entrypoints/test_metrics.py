@@ -43,6 +43,7 @@ EXPECTED_FAMILIES = {
     "mds_position_sync_errors",
     "mds_symbols_rejected",
     "mds_pending_writes",
+    "mds_subscribed_symbols_without_fresh_price",
     "mds_redis_degraded",
     "mds_leader",
     "mds_uptime_seconds",
@@ -229,3 +230,29 @@ async def test_attach_reads_a_running_service_at_scrape_time() -> None:
     assert got[("mds_prices_written_total", ())] == 5
     assert got[("mds_messages_total", (("type", "quote"),))] == 2
     assert got[("mds_uptime_seconds", ())] >= 0
+
+
+async def test_symbols_without_a_fresh_price_are_counted_at_scrape_time() -> None:
+    from domain.market import Quote
+
+    clock = SystemClock()
+    service = MarketDataService(
+        ScriptedQuoteFeed(clock),
+        InMemoryPriceCache(clock, ttl_s=300.0),
+        InMemoryEventBus(),
+        clock,
+        ServiceConfig(),
+    )
+    m = ServiceMetrics()
+    m.attach(service)
+    now = clock.now_ns()
+
+    def quote(symbol: str, age_s: float) -> Quote:
+        ts = now - int(age_s * 1e9)
+        return Quote(symbol, 1.0, 1, 1.02, 1, "V", "V", (), "C", ts, ts)
+
+    service.status.confirmed = frozenset({"FRESH", "OLD", "NEVER"})
+    service.stream.handle([quote("FRESH", 1), quote("OLD", 600), quote("UNSUBSCRIBED", 900)])
+    assert samples(m)[("mds_subscribed_symbols_without_fresh_price", ())] == 2  # OLD, NEVER
+    service.stream.handle([quote("OLD", 0.5)])
+    assert samples(m)[("mds_subscribed_symbols_without_fresh_price", ())] == 1

@@ -115,6 +115,8 @@ def test_names_are_case_sensitive() -> None:
 
 # --- parsing of every variable -------------------------------------------------------------------
 
+TOKEN = {"MDS_HTTP_TOKEN": "a-token-of-24-characters"}  # a non-loopback API needs one
+
 PARSED: list[tuple[dict[str, str], str, Any]] = [
     (
         {"ALPACA_STREAM_URL": "wss://stream.data.alpaca.markets/v2/sip"},
@@ -192,10 +194,10 @@ PARSED: list[tuple[dict[str, str], str, Any]] = [
     ({"MDS_DATA_TIMEOUT": "60"}, "data_timeout_s", 60.0),
     ({"MDS_ALLOW_INSECURE_WS": "on"}, "allow_insecure_ws", True),
     ({"MDS_SIM_RATE": "2500"}, "sim_rate", 2500.0),
-    ({"MDS_HTTP_HOST": "0.0.0.0"}, "http_host", "0.0.0.0"),
-    ({"MDS_HTTP_HOST": "::"}, "http_host", "::"),
+    ({"MDS_HTTP_HOST": "0.0.0.0", **TOKEN}, "http_host", "0.0.0.0"),
+    ({"MDS_HTTP_HOST": "::", **TOKEN}, "http_host", "::"),
     ({"MDS_HTTP_HOST": "[::1]"}, "http_host", "::1"),
-    ({"MDS_HTTP_HOST": "mds-api.internal"}, "http_host", "mds-api.internal"),
+    ({"MDS_HTTP_HOST": "mds-api.internal", **TOKEN}, "http_host", "mds-api.internal"),
     ({"MDS_HTTP_PORT": "0"}, "http_port", 0),
     ({"MDS_HTTP_PORT": "9100"}, "http_port", 9100),
     ({"MDS_LOG_FORMAT": "JSON"}, "log_format", "json"),
@@ -204,6 +206,15 @@ PARSED: list[tuple[dict[str, str], str, Any]] = [
     ({"MDS_LOG_LEVEL": "warn"}, "log_level", "WARNING"),
     ({"MDS_HA": "true", "REDIS_URL": "redis://r:6379"}, "ha", True),
     ({"MDS_HA_LEASE_TTL": "3.5"}, "ha_lease_ttl_s", 3.5),
+    ({"MDS_HTTP_PROTECT": "all", "MDS_HTTP_TOKEN": "0123456789abcdef"}, "http_protect", "all"),
+    (
+        {"MDS_CORS_ORIGINS": "https://desk.example, http://localhost:3000/,https://desk.example"},
+        "cors_origins",
+        ("https://desk.example", "http://localhost:3000"),
+    ),
+    ({"MDS_CORS_ORIGINS": "*"}, "cors_origins", ("*",)),
+    ({"MDS_SSE_MAX_CLIENTS": "7"}, "sse_max_clients", 7),
+    ({"MDS_SSE_SEND_TIMEOUT": "2.5"}, "sse_send_timeout_s", 2.5),
 ]
 
 
@@ -215,6 +226,7 @@ def test_each_variable_parses(env: dict[str, str], field: str, expected: Any) ->
 def test_every_variable_has_a_parsing_case() -> None:
     covered = {env_name(field) for _, field, _ in PARSED}
     covered |= {"ALPACA_API_KEY", "ALPACA_SECRET_KEY", "MDS_REPLAY_FILE", "MDS_RECORD_FILE"}
+    covered |= {"MDS_HTTP_TOKEN"}  # a secret: test_http_token_is_a_secret
     assert covered == {env_name(field) for field in Settings.model_fields}
 
 
@@ -287,6 +299,11 @@ INVALID: list[tuple[str, str]] = [
     ("MDS_LOG_LEVEL", "LOUD"),
     ("MDS_HA", "maybe"),
     ("MDS_HA_LEASE_TTL", "0"),
+    ("MDS_HTTP_PROTECT", "some"),
+    ("MDS_CORS_ORIGINS", "desk.example"),
+    ("MDS_CORS_ORIGINS", "https://desk.example/path"),
+    ("MDS_SSE_MAX_CLIENTS", "0"),
+    ("MDS_SSE_SEND_TIMEOUT", "0"),
 ]
 
 
@@ -479,7 +496,7 @@ def test_markdown_table_lists_every_variable_once() -> None:
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     names = [re.match(r"\| `([A-Z_]+)`", row).group(1) for row in rows]  # type: ignore[union-attr]
     assert names == [env_name(field) for field in Settings.model_fields]
-    assert len(set(names)) == len(names) == 32
+    assert len(set(names)) == len(names)
     assert all(row.count(" | ") == 2 for row in rows)
     assert "| `MDS_PRICE_TTL` | `300` |" in table
 
@@ -491,3 +508,36 @@ def test_a_redis_url_option_redis_py_refuses_is_a_setting_error() -> None:
     problems = [line.strip() for line in message.splitlines()[1:]]
     assert len(problems) == 1 and problems[0].startswith("REDIS_URL: "), message
     assert "socket_timeout" in problems[0] and "abc" not in problems[0], message
+
+
+def test_http_token_is_a_secret() -> None:
+    token = "0123456789abcdef-secret"
+    s = load_settings({"MDS_HTTP_TOKEN": token})
+    assert s.http_token is not None and s.http_token.get_secret_value() == token
+    assert token in s.secret_values()
+    assert token not in repr(s) and token not in str(s.redacted())
+    assert s.redacted()["MDS_HTTP_TOKEN"] == "***"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "mds-api.internal"])
+def test_a_non_loopback_api_needs_a_token(host: str) -> None:
+    message = error_of({"MDS_HTTP_HOST": host})
+    assert "MDS_HTTP_TOKEN: required when MDS_HTTP_HOST is not loopback" in message
+    assert load_settings({"MDS_HTTP_HOST": host, "MDS_HTTP_TOKEN": "x" * 16}).http_host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_a_loopback_api_needs_no_token(host: str) -> None:
+    assert load_settings({"MDS_HTTP_HOST": host}).http_token is None
+
+
+def test_protecting_everything_needs_a_token() -> None:
+    assert "MDS_HTTP_TOKEN: required when MDS_HTTP_PROTECT=all" in error_of(
+        {"MDS_HTTP_PROTECT": "all"}
+    )
+
+
+def test_a_weak_token_is_refused_without_echoing_it() -> None:
+    message = error_of({"MDS_HTTP_TOKEN": "short-tok"})
+    assert message.splitlines()[1].strip().startswith("MDS_HTTP_TOKEN: must be at least 16")
+    assert "short-tok" not in message
