@@ -13,6 +13,14 @@
    single slot together (no 406 between them).
 4. Prices written by a stale leader cannot overwrite newer ones: cache writes are latest-wins on
    the server, so the fencing token need not travel with every write.
+5. The token is an identity (instance id + random nonce), compared on renew and release. When
+   the store has no record of any earlier holder (first term, or it lost its data: FLUSHALL, an
+   empty restart), a new holder waits ``history_wait_s`` (one renewal period plus the margin)
+   before streaming: an earlier leader that still believes it leads fails its next renewal on
+   the new token within that time and stops. So at most one instance streams.
+6. ``status.role`` says LEADER only while this instance streams (set when ``lead`` starts,
+   cleared the moment leadership ends, before the feed closes and the writer flushes); a
+   standby's lease polls drive ``status.store`` (its /health reflects its own Redis traffic).
 """
 
 from __future__ import annotations
@@ -25,9 +33,9 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from application.status import Role, ServiceStatus
+from application.status import Role, ServiceStatus, StoreState
 from ports.clock import Clock
-from ports.lease import Lease
+from ports.lease import Acquired, Lease
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,10 @@ class LeaderElection:
         self.hold_s = ttl_s - self.retry_s
         self.renew_every_s = self.hold_s / 3
         self.margin_s = margin_s if margin_s is not None else ttl_s / 20
+        # After a history loss: one renewal period for an earlier leader to find its lease gone.
+        self.history_wait_s = self.renew_every_s + self.margin_s
+        # Releasing is a courtesy (the lease expires by itself): never hold a shutdown for it.
+        self.release_timeout_s = min(0.25, self.margin_s)
         self.terms = 0
 
     async def run(
@@ -73,34 +85,70 @@ class LeaderElection:
         while True:
             sent_at = self._clock.monotonic()
             try:
-                token = await self._lease.acquire(self.hold_s)
+                acquired = await self._lease.acquire(self.hold_s)
             except ConnectionError as e:
-                log.warning("lease store unreachable, standing by: %s", e)
-                token = None
-            if token is None:
+                self._store_failed("lease store unreachable, standing by", e)
+                acquired = None
+            else:
+                self._store_answered()
+            if acquired is None:
                 await anyio.sleep(self.retry_s)
                 continue
             self.terms += 1
-            status.role = Role.LEADER
-            log.info("became leader (fencing token %d)", token)
+            token = acquired.token
             try:
-                await self._lead(lead, token, sent_at)
+                await self._lead(lead, acquired, sent_at)
             finally:
                 status.role = Role.STANDBY
-                log.warning("leadership ended (token %d); standing by", token)
+                log.warning("leadership ended (%s); standing by", token)
                 with (
                     anyio.CancelScope(shield=True),
-                    anyio.move_on_after(1.0),
+                    anyio.move_on_after(self.release_timeout_s),
                     contextlib.suppress(ConnectionError),  # then it expires by itself
                 ):
                     await self._lease.release(token)
 
-    async def _lead(
-        self, lead: Callable[[], Coroutine[Any, Any, None]], token: int, sent_at: float
+    def _store_failed(self, what: str, error: ConnectionError) -> None:
+        """A lease call failed: this instance's Redis traffic fails, so /health says so."""
+        status = self._status
+        if status.store is not StoreState.DEGRADED:
+            log.warning("%s: %s", what, error)
+        status.store = StoreState.DEGRADED
+        status.store_error = str(error)
+
+    def _store_answered(self) -> None:
+        """A standby's lease poll got an answer: the store is back for this instance (the
+        price writer, which also clears it, does not run on a standby)."""
+        status = self._status
+        if status.store is StoreState.DEGRADED:
+            log.warning("lease store reachable again")
+            status.store = StoreState.OK
+            status.store_error = None
+
+    async def _lead_when_safe(
+        self, lead: Callable[[], Coroutine[Any, Any, None]], acquired: Acquired
     ) -> None:
+        if acquired.unknown_history:
+            # No record of an earlier holder: the first term, or the store lost its data while
+            # a leader may still be streaming. That leader's next renewal (within renew_every_s)
+            # fails on our token and it stops: wait for that before streaming.
+            log.warning(
+                "the lease store has no record of an earlier leader (first start, or it lost "
+                "its data): waiting %.1f s before streaming",
+                self.history_wait_s,
+            )
+            await anyio.sleep(self.history_wait_s)
+        self._status.role = Role.LEADER
+        log.info("became leader (%s)", acquired.token)
+        await lead()
+
+    async def _lead(
+        self, lead: Callable[[], Coroutine[Any, Any, None]], acquired: Acquired, sent_at: float
+    ) -> None:
+        token = acquired.token
         ends_at = sent_at + self.hold_s - self.margin_s
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lead)
+            tg.start_soon(self._lead_when_safe, lead, acquired)
             while True:
                 next_renewal = min(self._clock.monotonic() + self.renew_every_s, ends_at)
                 await anyio.sleep(max(0.0, next_renewal - self._clock.monotonic()))
@@ -112,8 +160,11 @@ class LeaderElection:
                     try:
                         renewed = await self._lease.renew(token, self.hold_s)
                     except ConnectionError as e:
-                        log.warning("lease renewal failed: %s", e)
+                        self._store_failed("lease renewal failed", e)
                 if not renewed:
                     break
                 ends_at = sent_at + self.hold_s - self.margin_s
+            # Not leading from this instant: say so now, not after the feed closed and the
+            # writer flushed (that takes up to the shutdown flush deadline).
+            self._status.role = Role.STANDBY
             tg.cancel_scope.cancel()

@@ -1,4 +1,5 @@
-"""RedisLease against a real server: one holder at a time, growing tokens, expiry, release."""
+"""RedisLease against a real server: one holder at a time, identity tokens, expiry, release,
+and no split brain after the server loses its data."""
 
 from __future__ import annotations
 
@@ -16,20 +17,49 @@ async def test_one_holder_renewal_expiry_and_release(own_redis_server: RedisServ
     conn = RedisConnection(own_redis_server.url)
     try:
         a, b = RedisLease(conn, name="t1"), RedisLease(conn, name="t1")
-        token = await a.acquire(0.3)
-        assert token is not None
+        first = await a.acquire(0.3)
+        assert first is not None and first.unknown_history  # nobody held it before
+        token = first.token
+        assert a.instance in token  # names its holder
+        assert await a.holder() == token
         assert await b.acquire(0.3) is None  # held
         assert await a.renew(token, 0.3)
-        assert not await b.renew(token + 1, 0.3)  # a wrong token cannot renew
+        assert not await b.renew(token + "x", 0.3)  # another identity cannot renew
         with anyio.fail_after(5):
             while (second := await b.acquire(0.3)) is None:  # noqa: ASYNC110 - server expiry
                 await anyio.sleep(0.05)
-        assert second > token  # fencing tokens only grow
+        assert second.token != token and not second.unknown_history  # a's term is on record
         assert not await a.renew(token, 0.3)  # the old leader has lost it
         await a.release(token)  # a stale release does not free the new holder's lease
         assert await b.acquire(0.3) is None
-        await b.release(second)
+        await b.release(second.token)
         assert await a.acquire(5) is not None  # released: free at once
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("loss", ["flushall", "empty restart"])
+async def test_after_the_server_loses_its_data_the_old_holder_cannot_renew(
+    own_redis_server: RedisServer, loss: str
+) -> None:
+    """Issue 11, defect 6: A holds the lease; Redis loses everything; B acquires. A counter
+    token restarted at 1, so A and B both held "token 1" and both renewed (split brain). With
+    identity tokens A's renewal fails, B's succeeds, and B learns the store had no history."""
+    conn = RedisConnection(own_redis_server.url)
+    try:
+        a, b = RedisLease(conn, name="t3"), RedisLease(conn, name="t3")
+        held = await a.acquire(5)
+        assert held is not None
+        if loss == "flushall":
+            with own_redis_server.client() as r:
+                r.flushall()
+        else:
+            await anyio.to_thread.run_sync(own_redis_server.restart)
+        taken = await b.acquire(5)
+        assert taken is not None
+        assert taken.unknown_history
+        assert not await a.renew(held.token, 5)
+        assert await b.renew(taken.token, 5)
     finally:
         conn.close()
 
