@@ -22,6 +22,7 @@ from application.stream_prices import StreamMidPrices, StreamObserver
 from application.sync_subscriptions import SyncSubscriptions
 from domain.backoff import BackoffPolicy
 from domain.errors import FatalFeedError, FatalStoreError, PositionSourceError
+from domain.features import FeatureHealth
 from domain.subscriptions import SubscriptionPlan
 from ports.clock import Clock
 from ports.event_bus import POSITIONS_CHANGED_CHANNEL, EventBus
@@ -55,6 +56,7 @@ class MarketDataService:
         positions: PositionSource | None = None,
         observer: StreamObserver | None = None,
         rng: Callable[[], float] | None = None,
+        features: FeatureHealth | None = None,
     ) -> None:
         self.feed = feed
         self.cache = cache
@@ -62,6 +64,8 @@ class MarketDataService:
         self.clock = clock
         self.config = config
         self.status = ServiceStatus(started_at=clock.monotonic())
+        if features is not None:  # shared with the adapters of optional features
+            self.status.features = features
         self.stream = StreamMidPrices(
             cache, bus, clock, self.status, observer=observer, max_pending=config.max_pending
         )

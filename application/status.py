@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from domain.connection import ConnectionState, ConnectionStateMachine
+from domain.features import FeatureHealth
 
 
 class StoreState(StrEnum):
@@ -53,6 +54,9 @@ class ServiceStatus:
     last_sync_error: str | None = None
     pending_writes: int = 0
     counters: Counter[str] = field(default_factory=Counter)
+    # Optional features failing alone (recording, metrics, HTTP API, position sync): prices
+    # flow on, health says degraded with the reason.
+    features: FeatureHealth = field(default_factory=FeatureHealth)
 
     @property
     def state(self) -> ConnectionState:
@@ -76,8 +80,9 @@ class ServiceStatus:
         if self.connection.failed or self.fatal_error is not None:
             return Health.FAILED
         if self.role is Role.STANDBY:
-            return Health.HEALTHY if self.store is StoreState.OK else Health.DEGRADED
-        if not self.connected or self.store is not StoreState.OK:
+            ok = self.store is StoreState.OK and not self.features.failing
+            return Health.HEALTHY if ok else Health.DEGRADED
+        if not self.connected or self.store is not StoreState.OK or self.features.failing:
             return Health.DEGRADED
         return Health.HEALTHY
 

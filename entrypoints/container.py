@@ -21,6 +21,7 @@ from adapters.simulated import SimulatedQuoteFeed
 from application.service import MarketDataService, ServiceConfig
 from application.stream_prices import StreamObserver
 from domain.backoff import BackoffPolicy
+from domain.features import FeatureHealth
 from entrypoints.settings import Settings
 from ports.clock import Clock
 from ports.event_bus import EventBus
@@ -43,8 +44,8 @@ def alpaca_feed_config(settings: Settings) -> AlpacaFeedConfig:
     )
 
 
-def make_alpaca_feed(settings: Settings, clock: Clock) -> AlpacaQuoteFeed:
-    return AlpacaQuoteFeed(alpaca_feed_config(settings), now_ns=clock.now_ns)
+def make_alpaca_feed(settings: Settings, clock: Clock, features: FeatureHealth) -> AlpacaQuoteFeed:
+    return AlpacaQuoteFeed(alpaca_feed_config(settings), now_ns=clock.now_ns, features=features)
 
 
 def make_replay_feed(settings: Settings, clock: Clock) -> QuoteFeed:
@@ -89,10 +90,12 @@ def service_config(settings: Settings) -> ServiceConfig:
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
     clock: providers.Provider[Clock] = providers.Singleton(SystemClock)
+    # Optional features report their failures here; /health and /metrics read it.
+    features: providers.Provider[FeatureHealth] = providers.Singleton(FeatureHealth)
 
     feed: providers.Provider[QuoteFeed] = providers.Selector(
         settings.provided.feed,
-        alpaca=providers.Singleton(make_alpaca_feed, settings, clock),
+        alpaca=providers.Singleton(make_alpaca_feed, settings, clock, features),
         sim=providers.Singleton(
             SimulatedQuoteFeed,
             clock,
@@ -123,4 +126,5 @@ class Container(containers.DeclarativeContainer):
         config,
         positions=positions,
         observer=observer,
+        features=features,
     )

@@ -29,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from domain.connection import ConnectionState
+from domain.features import FEATURES
 
 if TYPE_CHECKING:
     from application.service import MarketDataService
@@ -81,6 +82,8 @@ class MetricsSnapshot:
     redis_degraded: bool = False
     leader: bool = True
     uptime_s: float = 0.0
+    features_failing: frozenset[str] = frozenset()
+    feature_failures: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_status(
@@ -123,6 +126,8 @@ class MetricsSnapshot:
             redis_degraded=status.store is not StoreState.OK,
             leader=status.role is Role.LEADER,
             uptime_s=status.uptime_s(now) if now is not None else 0.0,
+            features_failing=frozenset(status.features.failing),
+            feature_failures=dict(status.features.failures),
         )
 
 
@@ -307,3 +312,20 @@ class _SnapshotCollector(Collector):
         yield gauge("redis_degraded", "1 while the cache store is unreachable.", s.redis_degraded)
         yield gauge("leader", "1 when this instance streams (HA leader), 0 on standby.", s.leader)
         yield gauge("uptime_seconds", "Seconds since the service started.", s.uptime_s)
+        features = sorted(set(FEATURES) | s.features_failing | set(s.feature_failures))
+        failing = GaugeMetricFamily(
+            f"{ns}_feature_failing",
+            "1 while an optional feature (recording, metrics, HTTP API, position sync) is "
+            "failing alone; prices flow on.",
+            labels=["feature"],
+        )
+        failures = CounterMetricFamily(
+            f"{ns}_feature_failures",
+            "Failures of optional features, by feature.",
+            labels=["feature"],
+        )
+        for name in features:
+            failing.add_metric([name], 1.0 if name in s.features_failing else 0.0)
+            failures.add_metric([name], s.feature_failures.get(name, 0))
+        yield failing
+        yield failures

@@ -215,7 +215,11 @@ class Settings(BaseSettings):
     record_file: Path | None = Field(
         default=None,
         validation_alias="MDS_RECORD_FILE",
-        description="Record every received frame to this file (JSON lines) for later replay.",
+        description=(
+            "Record every received frame to this file (JSON lines) for later replay. A write "
+            "error (disk full) stops the recording alone, retried every 5 s: prices flow on, "
+            "/health says degraded."
+        ),
         json_schema_extra=_doc("unset (no recording)"),
     )
 

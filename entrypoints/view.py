@@ -39,6 +39,9 @@ class ServiceViewAdapter:
             detail = "connected, but no symbol subscribed"
         elif status.left_out:
             detail = f"{len(status.left_out)} symbols left out by the symbol limit"
+        failing = status.features.detail()
+        if failing is not None:
+            detail = failing if detail is None else f"{detail}; {failing}"
         last = status.last_message_ns
         return HealthInfo(
             status=health.value,

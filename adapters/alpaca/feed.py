@@ -78,6 +78,7 @@ from domain.errors import (
     FeedUnavailable,
     SymbolsRejected,
 )
+from domain.features import RECORDING, FeatureHealth
 from domain.market import Channel, MarketEvent, SubscriptionAck, Subscriptions
 from domain.stats import FeedStats
 
@@ -565,14 +566,40 @@ class AlpacaQuoteFeed:
     """
 
     def __init__(
-        self, config: AlpacaFeedConfig, *, now_ns: Callable[[], int] = time.time_ns
+        self,
+        config: AlpacaFeedConfig,
+        *,
+        now_ns: Callable[[], int] = time.time_ns,
+        features: FeatureHealth | None = None,
     ) -> None:
         check_transport(config.url, config.allow_insecure)
         self._config = config
         self._now_ns = now_ns
         self._stats = FeedStats()
         self._decode_log = RateLimitedErrorLog(log, what="Alpaca data")
+        self._features = features if features is not None else FeatureHealth()
+        self._recorder: FrameRecorder | None = None  # one for every session (config.record_path)
         self.connects = 0
+
+    def _recording(self) -> FrameRecorder | None:
+        """The recorder of every session, opened at the first connect: a file that cannot be
+        opened then is a setting error; later disk failures stop recording alone."""
+        path = self._config.record_path
+        if path is None:
+            return None
+        if self._recorder is None:
+            features = self._features
+            try:
+                self._recorder = FrameRecorder(
+                    path,
+                    on_failure=lambda why: features.fail(RECORDING, why),
+                    on_recovery=lambda: features.recover(RECORDING),
+                )
+            except OSError as e:
+                raise FatalFeedError(
+                    f"cannot open the recording file {path}: {e} (check MDS_RECORD_FILE)"
+                ) from e
+        return self._recorder
 
     @property
     def config(self) -> AlpacaFeedConfig:
@@ -605,13 +632,7 @@ class AlpacaQuoteFeed:
         self.connects += 1
         on_state(ConnectionState.CONNECTING)
         content_type = b"application/msgpack" if cfg.fmt == "msgpack" else b"application/json"
-        recorder = None
-        if cfg.record_path is not None:
-            try:
-                recorder = FrameRecorder(cfg.record_path)
-            except OSError as e:
-                reason = f"cannot open the recording file {cfg.record_path}: {e}"
-                raise FatalFeedError(reason) from e
+        recorder = self._recording()
         opened = False
         try:
             async with open_websocket_url(
@@ -672,7 +693,7 @@ class AlpacaQuoteFeed:
             raise FeedUnavailable(f"cannot connect: {e}") from e
         finally:
             if recorder is not None:
-                recorder.close()
+                recorder.close()  # never raises; the next session's first write reopens it
 
 
 def _rejected(e: ConnectionRejected) -> FeedUnavailable:

@@ -1,0 +1,89 @@
+"""Optional features fail alone (issue 11): recording, metrics, the HTTP API and position sync
+can each fail while prices keep flowing; the feature stops or degrades, says so in one error
+line, in /health (degraded, with a detail) and in /metrics (``mds_feature_failing``)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from adapters.alpaca_compatible_server.config import ServerConfig
+from entrypoints.testbed.disk import small_disk
+from tests.conditions import wait_for
+from tests.e2e.service_process import ServiceProcess
+from tests.fault.helpers import alpaca_server, service_process
+
+pytestmark = [pytest.mark.fault, pytest.mark.e2e]
+
+
+async def price_ts(service: ServiceProcess, symbol: str = "AAPL") -> str:
+    answer = await service.get(f"/prices/{symbol}")
+    if answer.status_code != 200:
+        return ""
+    timestamp: str = answer.json()["timestamp"]
+    return timestamp
+
+
+async def prices_advance(service: ServiceProcess) -> None:
+    """The cached AAPL price moves on (the stream is alive) within 5 s."""
+    first = await price_ts(service)
+
+    async def newer() -> bool:
+        return await price_ts(service) > first
+
+    await wait_for(newer, timeout_s=5, step_s=0.05)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the disk is full."""
+    with path.open("wb", buffering=0) as f:
+        chunk = b"\0" * 65536
+        try:
+            while True:
+                f.write(chunk)
+        except OSError:
+            pass
+    assert path.stat().st_size > 0
+
+
+async def test_recording_to_a_full_disk_fails_alone_and_resumes(tmp_path: Path) -> None:
+    """MDS_RECORD_FILE on a 4 MiB tmpfs that a filler file has filled, at 1,000 quotes/s: the
+    recorder's first flush meets ENOSPC. The process lives and prices keep flowing; one ERROR
+    line says recording stopped; /health is degraded naming recording;
+    ``mds_feature_failing{feature="recording"}`` is 1. When space comes back (the filler
+    deleted) recording resumes within its 5 s retry and /health is healthy again; SIGTERM
+    then exits 0 (close() met no error either).
+    Where a tmpfs cannot be mounted, /dev/full stands in (every write fails; no recovery).
+    Before: ``OSError: [Errno 28]`` from the reader's write killed the process."""
+    config = ServerConfig(rate=1_000, batch=10, bar_interval_s=None, seed=41)
+    with small_disk(tmp_path / "disk", 4 * 1024 * 1024) as disk:
+        record = disk / "frames.jsonl" if disk is not None else Path("/dev/full")
+        if disk is not None:
+            fill(disk / "filler")
+        async with (
+            alpaca_server(config) as server,
+            service_process(tmp_path, server, None, MDS_RECORD_FILE=str(record)) as service,
+        ):
+            health = await service.wait_health(
+                lambda h: h["status"] == "degraded" and "recording" in str(h["detail"])
+            )
+            assert health["websocket_connected"] is True and health["subscribed_symbols"] == 2
+            assert "No space left on device" in str(health["detail"])
+            metrics = await service.metrics()
+            assert metrics['mds_feature_failing{feature="recording"}'] == 1
+            assert metrics['mds_feature_failures_total{feature="recording"}'] >= 1
+            await prices_advance(service)
+            if disk is not None:
+                (disk / "filler").unlink()
+                await service.wait_health(lambda h: h["status"] == "healthy", timeout_s=15)
+                await prices_advance(service)
+                metrics = await service.metrics()
+                assert metrics['mds_feature_failing{feature="recording"}'] == 0
+            service.proc.send_signal(signal.SIGTERM)
+            code = await service.wait_exit(5)
+    log = service.log()
+    assert code == 0
+    assert log.count("recording stopped") == 1
+    assert "Traceback" not in log
