@@ -46,22 +46,16 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any, Final, NoReturn
 
 import orjson
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    ConnectionTimeout,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from adapters.alpaca.config import URL_SETTING, AlpacaFeedConfig, check_transport
 from adapters.alpaca.recorder import FrameRecorder
+from adapters.alpaca.transport import check_library, dial
 from adapters.alpaca.wire import (
     ChannelFilter,
     RateLimitedErrorLog,
@@ -86,8 +80,6 @@ log = logging.getLogger(__name__)
 
 KEYS_SETTING: Final = "ALPACA_API_KEY / ALPACA_SECRET_KEY"
 CONNECTION_LIMIT_MIN_DELAY_S: Final = 15.0
-_HTTP_429_MIN_DELAY_S: Final = 5.0
-_RETRY_AFTER_CAP_S: Final = 120.0
 _LOG_MESSAGE_MAX: Final = 1000
 _CANCELLED_CLOSE_WAIT_S: Final = 0.1
 
@@ -573,6 +565,7 @@ class AlpacaQuoteFeed:
         features: FeatureHealth | None = None,
     ) -> None:
         check_transport(config.url, config.allow_insecure)
+        check_library()
         self._config = config
         self._now_ns = now_ns
         self._stats = FeedStats()
@@ -616,9 +609,11 @@ class AlpacaQuoteFeed:
         ``on_state`` hears CONNECTING, then AUTHENTICATING once the venue greeted us (CONNECTED is
         left to the caller, which knows when it has subscribed). Raises :class:`FeedUnavailable`
         (refused, HTTP 429 or other rejection, timeout, 406, 404, 500),
-        :class:`FatalFeedError` (402, 409, 408, 411) or :class:`FeedDisconnected`. On exit,
-        also when cancelled or failing, sends a close frame (1000) under a shielded scope bounded
-        by ``close_timeout_s``, so the venue frees the connection slot at once.
+        :class:`FatalFeedError` (402, 409, 408, 411) or :class:`FeedDisconnected`. TCP connect,
+        TLS handshake and HTTP upgrade together have ``connect_timeout_s``. On exit, also when
+        cancelled or failing, completes the close handshake whoever started it (sends 1000, or
+        lets the server's close be answered) under a shielded scope bounded by
+        ``close_timeout_s``, then closes the socket, so the venue frees the slot at once.
         """
         try:
             async with self._open(on_state or _ignore_state) as session:
@@ -633,25 +628,22 @@ class AlpacaQuoteFeed:
         on_state(ConnectionState.CONNECTING)
         content_type = b"application/msgpack" if cfg.fmt == "msgpack" else b"application/json"
         recorder = self._recording()
-        opened = False
         try:
-            async with open_websocket_url(
-                cfg.url,
-                extra_headers=[(b"Content-Type", content_type)],
-                message_queue_size=cfg.message_queue_size,
-                max_message_size=cfg.max_message_size,
-                # trio-websocket reads 4 KiB at a time by default: one syscall and one wsproto
-                # pass per 4 KiB of a 100-quote frame. Let trio read what is there (up to its
-                # own cap), which doubles what a reader can take at large batches.
-                receive_buffer_size=None,
-                connect_timeout=cfg.connect_timeout_s,
-                disconnect_timeout=cfg.close_timeout_s,
-            ) as ws:
-                opened = True
-                session = AlpacaSession(
-                    ws, cfg, self._stats, self._now_ns, self._decode_log, recorder
+            # This nursery holds trio-websocket's reader task (see adapters.alpaca.transport):
+            # ours, so that every wait in it has our deadline and leaving cannot hang on it.
+            async with trio.open_nursery() as transport:
+                link = await dial(
+                    transport,
+                    cfg.url,
+                    timeout_s=cfg.connect_timeout_s,
+                    extra_headers=[(b"Content-Type", content_type)],
+                    message_queue_size=cfg.message_queue_size,
+                    max_message_size=cfg.max_message_size,
                 )
                 try:
+                    session = AlpacaSession(
+                        link.ws, cfg, self._stats, self._now_ns, self._decode_log, recorder
+                    )
                     await session._handshake(on_state)
                     async with trio.open_nursery() as nursery:
                         await nursery.start(session._run_background)
@@ -660,55 +652,25 @@ class AlpacaQuoteFeed:
                         finally:
                             session._close()
                 finally:
-                    # Leave with a close frame so Alpaca frees the slot now, not after ~90 s.
-                    # When we are being cancelled, trio-websocket's reader (in the same
-                    # cancelled scope) cannot read the server's reply: send the frame, and do
-                    # not wait out the whole close timeout for an answer nobody will read.
+                    # Leave with the close handshake done, whoever started it, and the socket
+                    # closed, so Alpaca frees the slot now, not after ~90 s. trio-websocket's
+                    # reader is shielded from our cancellation and still reads the answer;
+                    # but when we are being cancelled (shutdown) do not wait out the whole
+                    # close timeout for it: the close frame itself is what frees the slot.
                     cancelled = trio.current_effective_deadline() == -math.inf
                     wait = (
                         min(cfg.close_timeout_s, _CANCELLED_CLOSE_WAIT_S)
                         if cancelled
                         else cfg.close_timeout_s
                     )
-                    with trio.CancelScope(shield=True), trio.move_on_after(wait):
-                        await ws.aclose(1000)
-        except ConnectionRejected as e:
-            if opened:
-                raise FeedDisconnected(f"websocket error: {e!r}") from e
-            raise _rejected(e) from e
-        except ConnectionTimeout as e:
-            if opened:
-                raise FeedDisconnected("timed out closing the connection") from e
-            raise FeedUnavailable(f"connect timed out after {cfg.connect_timeout_s:g} s") from e
-        except HandshakeError as e:
-            if opened:
-                raise FeedDisconnected(f"websocket error: {e!r}") from e
-            cause = e.__cause__ or e.__context__
-            raise FeedUnavailable(f"cannot connect: {cause or e!r}") from e
+                    await link.leave(1000, wait)
         except ConnectionClosed as e:
             raise FeedDisconnected(f"server ended the session: {_close_text(e)}") from e
-        except OSError as e:
-            if opened:
-                raise
-            raise FeedUnavailable(f"cannot connect: {e}") from e
+        except HandshakeError as e:
+            raise FeedDisconnected(f"websocket error: {e!r}") from e
         finally:
             if recorder is not None:
                 recorder.close()  # never raises; the next session's first write reopens it
-
-
-def _rejected(e: ConnectionRejected) -> FeedUnavailable:
-    status = e.status_code
-    min_delay = 0.0
-    if status == 429:
-        min_delay = _HTTP_429_MIN_DELAY_S
-    for name, value in e.headers:
-        if name.lower() == b"retry-after":
-            with suppress(ValueError):
-                min_delay = max(min_delay, min(float(value), _RETRY_AFTER_CAP_S))
-    what = "too many requests (reconnecting too fast?)" if status == 429 else "rejected"
-    return FeedUnavailable(
-        f"HTTP {status} at the WebSocket upgrade: {what}", code=status, min_delay=min_delay
-    )
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
