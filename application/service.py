@@ -42,6 +42,8 @@ class ServiceConfig:
     listen_for_position_changes: bool = True
     shutdown_flush_s: float = 1.5
     max_pending: int = 50_000
+    source: str = ""
+    """The feed's name, published as the price's ``exchange`` (``IEX``, ``SIP``, ``SIM``...)."""
 
 
 class MarketDataService:
@@ -67,7 +69,13 @@ class MarketDataService:
         if features is not None:  # shared with the adapters of optional features
             self.status.features = features
         self.stream = StreamMidPrices(
-            cache, bus, clock, self.status, observer=observer, max_pending=config.max_pending
+            cache,
+            bus,
+            clock,
+            self.status,
+            observer=observer,
+            max_pending=config.max_pending,
+            source=config.source,
         )
         self.connection = KeepConnected(
             feed,

@@ -78,7 +78,9 @@ class StreamMidPrices:
         max_batch: int = 5_000,
         retry_base_s: float = 0.05,
         retry_cap_s: float = 0.5,
+        source: str = "",
     ) -> None:
+        """``source`` names the feed; every price carries it as ``exchange``."""
         if max_pending < 1 or max_batch < 1:
             raise ValueError("max_pending and max_batch must be >= 1")
         self._cache = cache
@@ -90,6 +92,7 @@ class StreamMidPrices:
         self._max_batch = max_batch
         self._retry_base_s = retry_base_s
         self._retry_cap_s = retry_cap_s
+        self._source = source
         self._queue: list[Price] = []
         self._latest: dict[str, Price] = {}  # conflation mode: latest unwritten price per symbol
         self._conflating = False
@@ -105,12 +108,13 @@ class StreamMidPrices:
         newest = self._newest_ts
         queued = 0
         quotes = 0
+        source = self._source
         for event in events:
             if type(event) is not Quote:
                 counters["trades" if type(event) is Trade else "other_events"] += 1
                 continue
             quotes += 1
-            result = price_from_quote(event)
+            result = price_from_quote(event, source)
             if isinstance(result, NoMid):
                 counters[_NO_MID_COUNTER[result]] += 1
                 continue

@@ -13,13 +13,20 @@ never ``150.26000000000002``; 1.0001 / 1.0002 gives ``1.00015``. The fast path s
 to integers of 1e-8 (exact for prices with up to 8 decimals below 90 million) and divides once,
 correctly rounded, by Python's int/int true division; other prices take ``decimal.Decimal``.
 
-**JSON contract** (``price:{SYMBOL}`` and ``price.updated.{SYMBOL}``)::
+**JSON contract** (``price:{SYMBOL}`` and ``price.updated.{SYMBOL}``; the JSON Schema ships in the
+package as ``domain/price.schema.json``)::
 
     {"symbol":"AAPL","bid":150.25,"ask":150.27,"mid":150.26,
-     "timestamp":"2024-07-24T07:56:53.639713735Z","exchange":"V"}
+     "timestamp":"2024-07-24T07:56:53.639713735Z","exchange":"IEX",
+     "bid_exchange":"V","ask_exchange":"V"}
 
 numbers as JSON numbers, ``timestamp`` the venue's time (fixed-width, nanoseconds, UTC; see
-:mod:`domain.timestamps`), ``exchange`` the venue code of the bid side (Alpaca ``bx``).
+:mod:`domain.timestamps`). ``exchange`` is the SOURCE FEED the price came from (``IEX``, ``SIP``,
+``DELAYED_SIP``, ``TEST``, ``SIM``, ``REPLAY``): one meaning, never a venue.
+``bid_exchange`` / ``ask_exchange`` are the venue codes of each side as Alpaca sends them
+(``bx`` / ``ax``, e.g. ``V`` IEX, ``Q`` Nasdaq; on SIP the two sides often differ); empty when
+the source has none. The symbol is the ``symbol`` field: channel names contain the symbol's dots
+(``price.updated.BRK.B``), so never split a channel name to find it.
 """
 
 from __future__ import annotations
@@ -88,6 +95,11 @@ class Price(NamedTuple):
     mid: float
     ts_event_ns: int
     exchange: str
+    """The source feed (``IEX``, ``SIP``, ...), not a venue."""
+    bid_exchange: str = ""
+    """Venue code of the bid (Alpaca ``bx``)."""
+    ask_exchange: str = ""
+    """Venue code of the ask (Alpaca ``ax``)."""
 
     @property
     def timestamp(self) -> str:
@@ -102,13 +114,12 @@ class Price(NamedTuple):
         ``timestamp`` is ``self.timestamp`` when the caller already formatted it (it is
         needed beside the JSON for the server-side order check; formatting once saves work).
         """
-        exchange = self.exchange
-        if not exchange.isalnum() or not exchange.isascii():
-            exchange = json.dumps(exchange)[1:-1]
         ts = format_ns(self.ts_event_ns) if timestamp is None else timestamp
         return (
             f'{{"symbol":"{self.symbol}","bid":{self.bid!r},"ask":{self.ask!r},'
-            f'"mid":{self.mid!r},"timestamp":"{ts}","exchange":"{exchange}"}}'
+            f'"mid":{self.mid!r},"timestamp":"{ts}","exchange":"{_text(self.exchange)}",'
+            f'"bid_exchange":"{_text(self.bid_exchange)}",'
+            f'"ask_exchange":"{_text(self.ask_exchange)}"}}'
         ).encode()
 
     @classmethod
@@ -119,23 +130,49 @@ class Price(NamedTuple):
             symbol, bid, ask, mid = obj["symbol"], obj["bid"], obj["ask"], obj["mid"]
             ts = parse_rfc3339_ns(obj["timestamp"])
             exchange = obj["exchange"]
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            # Records written before the sides were published have neither (read them still).
+            bid_exchange = obj.get("bid_exchange", "")
+            ask_exchange = obj.get("ask_exchange", "")
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
             raise ValueError(f"not a price record: {e}") from e
         for name, value in (("bid", bid), ("ask", ask), ("mid", mid)):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"price record field {name!r} is not a number: {value!r}")
-        if not isinstance(symbol, str) or not isinstance(exchange, str):
-            raise ValueError("price record fields 'symbol' and 'exchange' must be strings")
-        return cls(symbol, float(bid), float(ask), float(mid), ts, exchange)
+        texts = (symbol, exchange, bid_exchange, ask_exchange)
+        if not all(isinstance(t, str) for t in texts):
+            raise ValueError(
+                "price record fields 'symbol', 'exchange', 'bid_exchange' and 'ask_exchange' "
+                "must be strings"
+            )
+        return cls(
+            symbol, float(bid), float(ask), float(mid), ts, exchange, bid_exchange, ask_exchange
+        )
 
 
-def price_from_quote(quote: Quote) -> Price | NoMid:
-    """The Price a quote gives, or the reason it gives none."""
+def _text(value: str) -> str:
+    """``value`` escaped for a JSON string. Feed names and venue codes (``IEX``,
+    ``DELAYED_SIP``, ``V``, empty) are identifiers, which need no escaping: the common case
+    costs one ``isidentifier``."""
+    if not value or value.isidentifier():
+        return value
+    return json.dumps(value)[1:-1]
+
+
+def price_from_quote(quote: Quote, source: str) -> Price | NoMid:
+    """The Price a quote gives (``exchange`` = ``source``, the feed's name), or the reason it
+    gives none."""
     bid = quote.bid_price
     ask = quote.ask_price
     if bid > 0.0 and ask > 0.0 and bid <= ask:
         return Price(
-            quote.symbol, bid, ask, exact_mid(bid, ask), quote.ts_event_ns, quote.bid_exchange
+            quote.symbol,
+            bid,
+            ask,
+            exact_mid(bid, ask),
+            quote.ts_event_ns,
+            source,
+            quote.bid_exchange,
+            quote.ask_exchange,
         )
     reason = no_mid_reason(bid, ask)
     assert reason is not None

@@ -8,7 +8,9 @@ Tests override any provider: ``container.feed.override(providers.Object(fake))``
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dependency_injector import containers, providers
 
@@ -73,8 +75,20 @@ def make_position_source(settings: Settings) -> PositionSource | None:
     return None
 
 
+def feed_source(settings: Settings) -> str:
+    """The feed's name, published in every price as ``exchange``: for Alpaca the stream's path
+    after the version (``/v2/iex`` -> ``IEX``, ``/v2/delayed_sip`` -> ``DELAYED_SIP``,
+    ``/v1beta3/crypto/us`` -> ``CRYPTO_US``), else ``SIM`` or ``REPLAY``."""
+    if settings.feed != "alpaca":
+        return str(settings.feed).upper()
+    segments = [s for s in urlsplit(settings.stream_url).path.split("/") if s][1:]
+    name = re.sub(r"[^A-Z0-9_]", "_", "_".join(segments).upper())
+    return name if name[:1].isalpha() else "ALPACA"
+
+
 def service_config(settings: Settings) -> ServiceConfig:
     return ServiceConfig(
+        source=feed_source(settings),
         static_symbols=settings.symbols,
         sync_interval_s=settings.position_sync_interval_s,
         symbol_limit=settings.symbol_limit,

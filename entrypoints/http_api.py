@@ -5,7 +5,8 @@ Endpoints (all JSON unless noted; every answer carries ``Cache-Control: no-store
 - ``GET /health``: always 200; the service's state (``status`` healthy | degraded | failed, plus
   connection, Redis, role and counters). For liveness probes and dashboards.
 - ``GET /ready``: 200 when the instance is ready (streaming, or a healthy standby), else 503.
-- ``GET /prices/{symbol}``: 200 ``{symbol, bid, ask, mid, timestamp, exchange, age_s, stale}``;
+- ``GET /prices/{symbol}``: 200 ``{symbol, bid, ask, mid, timestamp, exchange, bid_exchange,
+  ask_exchange, age_s, stale}`` (the Redis message plus age; ``exchange`` is the source feed);
   404 when no price is cached; 422 for a malformed symbol. Symbols with ``/`` (``BTC/USD``)
   may be written as is or as ``BTC%2FUSD``.
 - ``GET /prices?symbols=AAPL,MSFT``: 200 ``{"prices": {symbol: price...}, "missing": [...]}``;
@@ -185,6 +186,8 @@ def _price_body(aged: AgedPrice) -> dict[str, object]:
         "mid": p.mid,
         "timestamp": p.timestamp,
         "exchange": p.exchange,
+        "bid_exchange": p.bid_exchange,
+        "ask_exchange": p.ask_exchange,
         "age_s": round(aged.age_s, 6),
         "stale": aged.stale,
     }

@@ -12,6 +12,10 @@ Tiers (each a folder):
 - ``tests/entrypoints`` and ``tests/e2e``: settings, the HTTP API, and the service as a real
   process against the local Alpaca-compatible server and a real Redis.
 
+Every price a test reads from Redis or the HTTP API is validated against the shipped JSON
+Schema (``domain/price.schema.json``): automatically for reads through the adapters (the autouse
+fixture below), explicitly with ``tests/price_contract.py`` for raw reads and HTTP bodies.
+
 Rules: no real-time sleep as synchronisation (wait on a condition, or use the MockClock); tests
 that start processes stop them, also on failure; nothing touches the machine's shared Redis.
 This root conftest runs async tests on trio with the real clock; ``tests/application`` and
@@ -22,7 +26,20 @@ from __future__ import annotations
 
 import pytest
 
+from domain.price import Price
+from tests.price_contract import validating_from_json
+
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "trio"
+
+
+@pytest.fixture(autouse=True)
+def prices_fit_the_schema(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every price a test reads through the adapters (cache, bus, reader) is validated against
+    the shipped JSON Schema (``tests/price_contract.py``). A test about records that break the
+    schema on purpose opts out with ``@pytest.mark.off_contract_prices``."""
+    if request.node.get_closest_marker("off_contract_prices") is None:
+        checked = staticmethod(validating_from_json(Price.from_json))
+        monkeypatch.setattr(Price, "from_json", checked)

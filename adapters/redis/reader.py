@@ -16,6 +16,12 @@ Public API (other services import it)::
     with PriceReader(url) as reader:                   # plain scripts, no event loop
         print(reader.get_sync("AAPL"))
 
+Symbols are normalised as the HTTP API does: surrounding whitespace stripped, ASCII letters
+upper-cased (``brk.b`` finds ``BRK.B``), then Alpaca's format checked; a malformed symbol raises
+``ValueError`` (:class:`domain.errors.InvalidSymbol`) instead of silently finding nothing. Results
+are keyed by the normalised symbol. Take a price's symbol from ``price.symbol`` (the message's
+``symbol`` field), never by splitting a channel name: ``price.updated.BRK.B``.
+
 Only anyio APIs are used, so the same object works under trio and asyncio (anyio runs on
 both). The blocking redis-py calls run in worker threads, one hop per call. Ages are measured
 against the venue timestamp and this machine's wall clock (``now_ns``); ``stale`` means older
@@ -34,6 +40,7 @@ from adapters.redis.event_bus import RedisEventBus
 from adapters.redis.price_cache import DEFAULT_KEY_PREFIX, RedisPriceCache
 from domain.price import Price
 from domain.staleness import DEFAULT_MAX_AGE_S, AgedPrice
+from domain.symbols import normalize_symbol
 from ports.event_bus import PRICE_CHANNEL_PREFIX
 
 __all__ = ["AgedPrice", "PriceReader"]
@@ -89,20 +96,25 @@ class PriceReader:
         return {s: AgedPrice.at(p, now, self.max_age_s) for s, p in prices.items()}
 
     async def get(self, symbol: str) -> AgedPrice | None:
-        """The cached price of ``symbol`` with its age, or None when absent or expired."""
-        return (await self.get_many((symbol,))).get(symbol)
+        """The cached price of ``symbol`` (normalised: ``brk.b`` finds ``BRK.B``) with its age,
+        or None when absent or expired. Raises ``ValueError`` for a malformed symbol."""
+        wanted = normalize_symbol(symbol)
+        return (await self.get_many((wanted,))).get(wanted)
 
     async def get_many(self, symbols: Collection[str]) -> dict[str, AgedPrice]:
-        """The cached prices of those ``symbols`` that have one (one round trip)."""
-        return self._age(await self._cache.get_many(symbols))
+        """The cached prices of those ``symbols`` that have one (one round trip), keyed by the
+        normalised symbol. Raises ``ValueError`` naming the first malformed symbol."""
+        return self._age(await self._cache.get_many(_normalized(symbols)))
 
     def get_sync(self, symbol: str) -> AgedPrice | None:
         """Blocking :meth:`get`, for scripts without an event loop."""
-        return self.get_many_sync((symbol,)).get(symbol)
+        wanted = normalize_symbol(symbol)
+        return self.get_many_sync((wanted,)).get(wanted)
 
     def get_many_sync(self, symbols: Collection[str]) -> dict[str, AgedPrice]:
         """Blocking :meth:`get_many`."""
-        prices = self._conn.call_sync("get_many", lambda: self._cache.get_many_sync(symbols))
+        wanted = _normalized(symbols)
+        prices = self._conn.call_sync("get_many", lambda: self._cache.get_many_sync(wanted))
         return self._age(prices)
 
     def subscribe(
@@ -112,8 +124,9 @@ class PriceReader:
 
         See :meth:`adapters.redis.event_bus.RedisEventBus.subscribe` for the guarantees (in
         order per symbol, bounded, ``ConnectionError`` from the iterator when the connection
-        is lost; in a cluster a pattern is resolved from the cached keys)."""
-        return self._bus.subscribe(symbols, pattern)
+        is lost; in a cluster a pattern is resolved from the cached keys). ``symbols`` are
+        normalised as in :meth:`get`; ``pattern`` is used as given."""
+        return self._bus.subscribe(_normalized(symbols), pattern)
 
     def close(self) -> None:
         """Close the connections (idempotent)."""
@@ -140,3 +153,9 @@ class PriceReader:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _normalized(symbols: Collection[str]) -> list[str]:
+    if isinstance(symbols, str):  # a lone "AAPL" would otherwise read as A, A, P, L
+        symbols = (symbols,)
+    return list(dict.fromkeys(normalize_symbol(s) for s in symbols))

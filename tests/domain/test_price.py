@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from domain.market import Quote
 from domain.price import NoMid, Price, exact_mid, price_from_quote
 from domain.timestamps import format_ns, parse_rfc3339_ns
+from tests.price_contract import PriceContractError, check_price, check_price_json
 
 
 def q(bid: float, ask: float, ts: int = 1_614_009_105_335_689_322) -> Quote:
@@ -52,26 +53,30 @@ def test_mid_equals_decimal_arithmetic_for_any_quoted_prices(a: Decimal, b: Deci
 
 
 def test_no_mid_rule() -> None:
-    assert price_from_quote(q(0.0, 10.0)) is NoMid.EMPTY_BID
-    assert price_from_quote(q(10.0, 0.0)) is NoMid.EMPTY_ASK
-    assert price_from_quote(q(10.01, 10.0)) is NoMid.CROSSED
-    locked = price_from_quote(q(10.0, 10.0))
+    assert price_from_quote(q(0.0, 10.0), "SIP") is NoMid.EMPTY_BID
+    assert price_from_quote(q(10.0, 0.0), "SIP") is NoMid.EMPTY_ASK
+    assert price_from_quote(q(10.01, 10.0), "SIP") is NoMid.CROSSED
+    locked = price_from_quote(q(10.0, 10.0), "SIP")
     assert isinstance(locked, Price) and locked.mid == 10.0
 
 
 def test_price_json_is_the_contract() -> None:
-    price = price_from_quote(q(150.25, 150.27))
+    price = price_from_quote(q(150.25, 150.27), "SIP")
     assert isinstance(price, Price)
     raw = price.to_json()
-    obj = orjson.loads(raw)
-    assert list(obj) == ["symbol", "bid", "ask", "mid", "timestamp", "exchange"]
+    obj = check_price_json(raw)  # the shipped JSON Schema
+    assert list(obj) == [
+        "symbol", "bid", "ask", "mid", "timestamp", "exchange", "bid_exchange", "ask_exchange"
+    ]  # fmt: skip
     assert obj == {
         "symbol": "AAPL",
         "bid": 150.25,
         "ask": 150.27,
         "mid": 150.26,
         "timestamp": "2021-02-22T15:51:45.335689322Z",
-        "exchange": "V",
+        "exchange": "SIP",  # the feed, never a venue
+        "bid_exchange": "V",
+        "ask_exchange": "Q",
     }
     assert datetime.fromisoformat(obj["timestamp"]) == datetime(
         2021, 2, 22, 15, 51, 45, 335689, tzinfo=UTC
@@ -90,8 +95,43 @@ def test_from_json_names_what_is_wrong() -> None:
 
 
 def test_odd_exchange_codes_stay_valid_json() -> None:
-    price = Price("A", 1.0, 2.0, 1.5, 0, 'we"ird\\')
-    assert orjson.loads(price.to_json())["exchange"] == 'we"ird\\'
+    price = Price("A", 1.0, 2.0, 1.5, 0, 'we"ird\\', "\n", "")
+    obj = orjson.loads(price.to_json())
+    assert obj["exchange"] == 'we"ird\\' and obj["bid_exchange"] == "\n"
+    assert obj["ask_exchange"] == ""
+    with pytest.raises(PriceContractError):  # and the schema refuses such a feed name
+        check_price(obj)
+
+
+@pytest.mark.off_contract_prices
+def test_records_without_the_sides_still_read() -> None:
+    """Records written before bid_exchange/ask_exchange existed (a cache during an upgrade)
+    still parse; the sides read as empty."""
+    old = (
+        b'{"symbol":"A","bid":1,"ask":2,"mid":1.5,"timestamp":'
+        b'"2021-02-22T15:51:45.000000000Z","exchange":"V"}'
+    )
+    assert Price.from_json(old) == Price("A", 1.0, 2.0, 1.5, 1_614_009_105 * 10**9, "V")
+
+
+def test_the_schema_refuses_what_the_contract_excludes() -> None:
+    good = check_price_json(price_json())
+    for broken in (
+        {**good, "extra": 1},
+        {k: v for k, v in good.items() if k != "ask_exchange"},
+        {**good, "timestamp": "2021-02-22T15:51:45Z"},  # not fixed-width
+        {**good, "symbol": "aapl"},
+        {**good, "mid": "150.26"},
+        {**good, "bid": 0},
+    ):
+        with pytest.raises(PriceContractError):
+            check_price(broken)
+
+
+def price_json() -> bytes:
+    price = price_from_quote(q(150.25, 150.27), "IEX")
+    assert isinstance(price, Price)
+    return price.to_json()
 
 
 @given(st.integers(min_value=0, max_value=4_102_444_800 * 10**9))

@@ -15,6 +15,7 @@ from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
 from adapters.redis.reader import PriceReader
 from domain.price import Price
 from tests.e2e.service_process import SECRET, start_service
+from tests.price_contract import check_http_price, check_price_json
 from tests.redis_servers import RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -71,12 +72,15 @@ async def test_stream_to_redis_with_a_drop_and_a_clean_sigterm(
             raw = redis.Redis.from_url(own_redis_server.url)
             try:
                 assert 290 < raw.ttl("price:AAPL") <= 300
-                assert Price.from_json(raw.get("price:AAPL")).symbol == "AAPL"  # type: ignore[arg-type]
+                cached_json = check_price_json(raw.get("price:AAPL"))
+                assert cached_json["symbol"] == "AAPL" and cached_json["exchange"] == "IEX"
+                assert cached_json["bid_exchange"] == cached_json["ask_exchange"] == "V"
             finally:
                 raw.close()
 
             answer = await service.get("/prices/AAPL")
             assert answer.status_code == 200 and answer.json()["stale"] is False
+            check_http_price(answer.json())
             metrics = (await service.get("/metrics")).text
             assert "mds_reconnects_total 1.0" in metrics or "mds_reconnects_total 2.0" in metrics
 

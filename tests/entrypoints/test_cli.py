@@ -22,6 +22,7 @@ from adapters.alpaca_compatible_server.config import ServerConfig
 from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
 from adapters.redis import RedisConnection, RedisPriceCache
 from domain.price import Price
+from tests.price_contract import check_http_price
 from tests.redis_servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +64,7 @@ async def test_price_reads_the_cache_with_age_and_staleness(own_redis_server: Re
     result = await anyio.to_thread.run_sync(lambda: mds("price", "aapl", "--json", env=env))
     assert result.returncode == 0, result.stderr
     line = orjson.loads(result.stdout)
+    check_http_price(line)  # the message plus age_s and stale, as the HTTP API
     assert line["mid"] == 150.26 and line["stale"] is True and line["age_s"] > 300
     missing = await anyio.to_thread.run_sync(lambda: mds("price", "AAPL", "NOPE", env=env))
     assert missing.returncode == 1 and "NOPE: no price" in missing.stderr

@@ -30,12 +30,13 @@ from entrypoints.http_api import (
     serve_http,
 )
 from entrypoints.metrics import MetricsSnapshot, ServiceMetrics
+from tests.price_contract import check_http_price
 
 TS = "2024-07-24T07:56:53.639713735Z"
 
 
 def aged(symbol: str, bid: float, ask: float, age_s: float = 0.25) -> AgedPrice:
-    price = Price(symbol, bid, ask, exact_mid(bid, ask), parse_rfc3339_ns(TS), "V")
+    price = Price(symbol, bid, ask, exact_mid(bid, ask), parse_rfc3339_ns(TS), "IEX", "V", "V")
     return AgedPrice(price, age_s, age_s > 300)
 
 
@@ -186,10 +187,13 @@ async def test_price_body_and_exact_numbers(client: httpx.AsyncClient) -> None:
         "ask": 150.27,
         "mid": 150.26,
         "timestamp": TS,
-        "exchange": "V",
+        "exchange": "IEX",
+        "bid_exchange": "V",
+        "ask_exchange": "V",
         "age_s": 0.25,
         "stale": False,
     }
+    check_http_price(r.json())
     msft = await client.get("/prices/MSFT")
     assert '"mid":1.00015,' in msft.text
 
@@ -197,6 +201,7 @@ async def test_price_body_and_exact_numbers(client: httpx.AsyncClient) -> None:
 async def test_stale_price_is_served_and_flagged(client: httpx.AsyncClient) -> None:
     r = await client.get("/prices/OLD")
     assert r.status_code == 200 and r.json()["stale"] is True and r.json()["age_s"] == 900.0
+    check_http_price(r.json())
 
 
 @pytest.mark.parametrize("path", ["/prices/aapl", "/prices/%20Aapl%20", "/prices/AAPL%0A"])
@@ -209,6 +214,7 @@ async def test_symbol_is_normalised_then_validated(client: httpx.AsyncClient, pa
 async def test_symbols_with_a_slash(client: httpx.AsyncClient, path: str) -> None:
     r = await client.get(path)
     assert r.status_code == 200 and r.json()["symbol"] == "BTC/USD"
+    check_http_price(r.json())
 
 
 async def test_unknown_symbol_is_404(client: httpx.AsyncClient) -> None:
@@ -264,6 +270,8 @@ async def test_several_prices_with_missing(client: httpx.AsyncClient, view: Fake
     assert list(body) == ["prices", "missing"]
     assert list(body["prices"]) == ["AAPL", "MSFT"]
     assert body["prices"]["AAPL"]["mid"] == 150.26
+    for price in body["prices"].values():
+        check_http_price(price)
     assert body["missing"] == ["ZZZZ", "MISSING"]
     assert view.requested == [["AAPL", "MSFT", "ZZZZ", "MISSING"]]  # deduplicated, in order
 

@@ -21,6 +21,7 @@ from entrypoints.container import Container
 from entrypoints.service import Running, run
 from entrypoints.settings import load_settings
 from tests.conditions import wait_for
+from tests.price_contract import check_http_price
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = ROOT / "entrypoints" / "service.py"
@@ -40,6 +41,8 @@ async def test_embedded_default_streams_prices_and_serves_the_api() -> None:
             assert health["subscribed_symbols"] == 3 and health["redis"] == "memory"
             assert (await client.get("/ready")).status_code == 200
             price = (await client.get("/prices/AAPL")).json()
+            check_http_price(price)
+            assert price["exchange"] == "SIM"
             assert price["mid"] * 2 == pytest.approx(price["bid"] + price["ask"])
             assert (await client.get("/prices/NOPE")).status_code == 404
             subs = (await client.get("/subscriptions")).json()

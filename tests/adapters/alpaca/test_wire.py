@@ -120,7 +120,7 @@ def test_golden_quotes_give_exact_mids() -> None:
     got: list[float | NoMid] = []
     for event in events:
         assert isinstance(event, Quote)
-        result = price_from_quote(event)
+        result = price_from_quote(event, "IEX")
         got.append(result.mid if isinstance(result, Price) else result)
     assert got == GOLDEN_MIDS
     assert [repr(m) for m in got if isinstance(m, float)] == [

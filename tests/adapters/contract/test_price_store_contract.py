@@ -17,6 +17,7 @@ from domain.price import Price
 from ports.event_bus import POSITIONS_CHANGED_CHANNEL
 from tests.adapters.contract.conftest import T0, StoreUnderTest, price
 from tests.conditions import receive, wait_for
+from tests.price_contract import check_price_json
 
 
 async def write(store: StoreUnderTest, batch: Sequence[Price]) -> Sequence[Price]:
@@ -53,14 +54,16 @@ async def test_round_trip_get_and_get_many(store: StoreUnderTest) -> None:
 
 async def test_stored_json_is_the_contract_bytes(store: StoreUnderTest) -> None:
     s = store.symbol()
-    p = Price(s, 150.25, 150.27, 150.26, 1_721_807_813_639_713_735, "V")
+    p = Price(s, 150.25, 150.27, 150.26, 1_721_807_813_639_713_735, "SIP", "Q", "N")
     await store.cache.put_many([p])
     assert await store.raw(s) == p.to_json()
+    check_price_json(await store.raw(s))
     assert (
         p.to_json()
         == (
             f'{{"symbol":"{s}","bid":150.25,"ask":150.27,"mid":150.26,'
-            f'"timestamp":"2024-07-24T07:56:53.639713735Z","exchange":"V"}}'
+            f'"timestamp":"2024-07-24T07:56:53.639713735Z","exchange":"SIP",'
+            f'"bid_exchange":"Q","ask_exchange":"N"}}'
         ).encode()
     )
     assert await store.cache.get(s) == p  # and it reads back exactly

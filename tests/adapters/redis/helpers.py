@@ -19,7 +19,7 @@ def unique(stem: str = "R") -> str:
 
 
 def price(symbol: str, ts_ns: int, bid: float = 150.25, ask: float = 150.27) -> Price:
-    return Price(symbol, bid, ask, (bid + ask) / 2, ts_ns, "V")
+    return Price(symbol, bid, ask, (bid + ask) / 2, ts_ns, "IEX", "V", "V")
 
 
 async def in_thread(fn: Callable[[], object]) -> object:

@@ -116,3 +116,25 @@ def test_construction_does_not_connect() -> None:
     with pytest.raises(ConnectionError):
         reader.get_sync("AAPL")
     reader.close()
+
+
+async def test_symbols_are_normalised_as_the_http_api_does(redis_server: RedisServer) -> None:
+    """``brk.b`` finds ``BRK.B`` (was: looked up ``price:brk.b`` and silently found nothing);
+    a malformed symbol is an error, not an empty answer."""
+    stem = unique("NB")
+    dotted = f"{stem}.B"
+    async with open_redis_store(redis_server.url, require_connection=True) as store:
+        await store.cache.put_many([price(dotted, T0)])
+    async with PriceReader(redis_server.url, now_ns=lambda: T0) as reader:
+        got = await reader.get_many([f" {dotted.lower()} ", dotted])
+        assert list(got) == [dotted] and got[dotted].price.symbol == dotted
+        single = await reader.get(dotted.lower())
+        assert single is not None and single.price == price(dotted, T0)
+        assert reader.get_sync(dotted.lower()) is not None
+        with pytest.raises(ValueError, match="B@D"):
+            await reader.get_many(["b@d"])
+        async with reader.subscribe(symbols=[dotted.lower()]) as prices:
+            async with open_redis_store(redis_server.url, require_connection=True) as store:
+                await store.cache.put_many([price(dotted, T0 + 1)])
+            (update,) = await receive(prices, 1)
+            assert update.symbol == dotted  # from the message, not from the channel name

@@ -16,6 +16,7 @@ import trustme
 from adapters.redis import PriceReader, RedisMode, open_redis_store
 from tests.adapters.redis.helpers import T0, price, unique
 from tests.conditions import receive
+from tests.price_contract import check_price_json
 from tests.redis_servers import RedisServer, free_port, start_sentinel, start_server
 
 pytestmark = pytest.mark.redis
@@ -84,7 +85,9 @@ async def test_store_and_reader_work_over_tls(tls_redis: TlsRedis) -> None:
         assert await store.cache.get(s) == price(s, T0)
     # The write really went to that server (read back on its plain port).
     with tls_redis.server.client() as c:
-        assert c.get("price:" + s) == price(s, T0).to_json()
+        assert (
+            check_price_json(c.get("price:" + s)) and c.get("price:" + s) == price(s, T0).to_json()
+        )
     with PriceReader(tls_redis.url()) as reader:
         aged = await anyio.to_thread.run_sync(reader.get_sync, s)
     assert aged is not None and aged.price == price(s, T0)
@@ -139,6 +142,7 @@ async def test_sentinel_hands_out_a_tls_master_and_the_store_uses_the_urls_ca(
                 assert await receive(prices, 1) == [price(s, T0)]
             assert await store.cache.get(s) == price(s, T0)
         with handle.master.client() as plain:
-            assert plain.get("price:" + s) == price(s, T0).to_json()
+            raw = plain.get("price:" + s)
+            assert check_price_json(raw) and raw == price(s, T0).to_json()
     finally:
         handle.stop()

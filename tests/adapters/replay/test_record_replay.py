@@ -50,7 +50,7 @@ def random_walk_frames(fmt: str, frames: int, seed: int = 7) -> list[list[dict[s
 
 
 def prices(events: list[MarketEvent]) -> list[Price | NoMid]:
-    return [price_from_quote(e) for e in events if isinstance(e, Quote)]
+    return [price_from_quote(e, "REPLAY") for e in events if isinstance(e, Quote)]
 
 
 async def replay_all(path: Path) -> list[MarketEvent]:
