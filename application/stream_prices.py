@@ -100,6 +100,7 @@ class StreamMidPrices:
         self._wakeup = anyio.Event()
         self._writing = False
         self._idle_event: anyio.Event | None = None  # made only while someone waits for idle
+        self._refusing = False  # the store refused every price of the last batch
 
     # -- reader side: synchronous, never waits ---------------------------------------------
     def handle(self, events: Sequence[MarketEvent]) -> None:
@@ -250,6 +251,11 @@ class StreamMidPrices:
         status.counters["prices_written"] += len(applied)
         status.counters["published"] += len(applied)
         status.counters["refused_older"] += len(batch) - len(applied)
+        if batch and not applied:
+            self._warn_refused(batch)
+        elif applied and self._refusing:
+            self._refusing = False
+            log.info("the price store accepts prices again")
         status.pending_writes = self.pending
         self._observer.observe_write(elapsed, len(batch))
         if batch:
@@ -257,6 +263,21 @@ class StreamMidPrices:
                 (self._clock.now_ns() - batch[0].ts_event_ns) / 1_000_000_000
             )
         return True
+
+    def _warn_refused(self, batch: list[Price]) -> None:
+        """Once per run of wholly refused batches: say why nothing is written."""
+        if self._refusing:
+            return
+        self._refusing = True
+        log.warning(
+            "the price store refused all %d prices of a batch (e.g. %s) as older than the prices "
+            "it holds: another writer (an earlier run, or a replay with its recorded times) "
+            "wrote newer prices there within MDS_PRICE_TTL. Nothing is written until prices "
+            "newer than those arrive; use another Redis database, wait for the keys to expire, "
+            "or replay as if live (without MDS_REPLAY_KEEP_TIMES)",
+            len(batch),
+            batch[0].symbol,
+        )
 
     async def wait_idle(self) -> None:
         """Return once nothing is pending (the writer has written everything handed to it)."""

@@ -89,8 +89,15 @@ def cmd_replay(argv: Sequence[str]) -> int:
         default=None,
         help="speed factor: 1 real time, 10 ten times faster, 0 as fast as possible",
     )
+    parser.add_argument(
+        "--keep-times",
+        action="store_true",
+        help="keep the recorded venue times (default: as if live, shifted to now)",
+    )
     args = parser.parse_args(argv)
     os.environ["MDS_FEED"] = "replay"
+    if args.keep_times:
+        os.environ["MDS_REPLAY_KEEP_TIMES"] = "true"
     if args.file:
         os.environ["MDS_REPLAY_FILE"] = args.file
     if args.speed is not None:

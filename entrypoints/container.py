@@ -57,6 +57,8 @@ def make_replay_feed(settings: Settings, clock: Clock) -> QuoteFeed:
         Path(settings.replay_file),
         speed=settings.replay_speed,
         hold_at_end=True,
+        strict=True,
+        keep_times=settings.replay_keep_times,
         now_ns=clock.now_ns,
     )
 

@@ -7,8 +7,9 @@ and bus, the HTTP API on 127.0.0.1:8000, prices logged.
 Exit codes: 0 after SIGINT/SIGTERM/SIGHUP (128 + the signal's number when a second one cuts the
 shutdown short), 2 for invalid configuration (one message naming each bad variable; also Redis
 refusing our credentials or permissions: "check REDIS_URL"), 3 when the feed fails fatally
-(bad credentials, plan without the feed, too many
-reconnect attempts), with one clear log line saying why and what to check.
+(bad credentials, plan without the feed, too many reconnect attempts, an unusable replay file),
+4 when a start-up resource is unavailable (the HTTP port is taken), each with one clear line
+saying why and what to check.
 """
 
 from __future__ import annotations
@@ -36,12 +37,19 @@ from application.leadership import LeaderElection
 from application.service import MarketDataService
 from domain.errors import FatalFeedError, FatalStoreError
 from entrypoints.container import Container
-from entrypoints.settings import Settings, SettingsError, load_settings
+from entrypoints.settings import Settings, SettingsError, load_settings, unknown_variables
 
 log = logging.getLogger("mds")
 
 EXIT_CONFIG = 2
 EXIT_FATAL = 3
+EXIT_STARTUP = 4
+SUMMARY_EVERY_S = 5.0
+
+
+class StartupError(Exception):
+    """A start-up resource is unavailable (the HTTP port is taken); the message names the
+    setting to change. Distinct from invalid configuration: the same settings may work later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +86,41 @@ class Running:
     http_urls: list[str]
 
 
-async def log_prices(service: MarketDataService, every_s: float = 2.0) -> None:
-    """Embedded default: log the latest prices now and then, so a newcomer sees it working."""
+async def log_summary(service: MarketDataService, every_s: float = SUMMARY_EVERY_S) -> None:
+    """Every ``every_s`` one line, in every mode: the price rate, how many subscribed symbols
+    have a price, and the latest prices of a few (so a newcomer sees it working)."""
+    counters = service.status.counters
+    last_count = counters["prices"]
     while True:
         await anyio.sleep(every_s)
+        count = counters["prices"]
+        rate = (count - last_count) / every_s
+        last_count = count
         symbols = sorted(service.status.confirmed)
-        prices = await service.cache.get_many(symbols)
-        for symbol in symbols:
-            if symbol in prices:
-                log.info("price %s", prices[symbol].to_json().decode())
+        try:
+            prices = await service.cache.get_many(symbols) if symbols else {}
+        except ConnectionError:
+            log.info("prices: %.0f/s; price store unavailable", rate)
+            continue
+        shown = ", ".join(f"{s} {prices[s].mid}" for s in sorted(prices)[:3])
+        more = f" (+{len(prices) - 3} more)" if len(prices) > 3 else ""
+        log.info(
+            "prices: %.0f/s; %d of %d subscribed symbols priced%s",
+            rate,
+            len(prices),
+            len(symbols),
+            f": {shown}{more}" if shown else "",
+        )
+
+
+def nothing_to_price(settings: Settings) -> str | None:
+    """Why the service will price nothing, as a warning, or None."""
+    if settings.symbols or settings.position_source != "none":
+        return None
+    return (
+        "nothing will be priced: MDS_SYMBOLS is empty and MDS_POSITION_SOURCE=none; set "
+        "MDS_SYMBOLS=AAPL,MSFT (or a position source, MDS_POSITION_SOURCE=gateway|alpaca)"
+    )
 
 
 async def run(
@@ -146,14 +180,21 @@ async def run(
                 else:
                     await tg.start(service.run)
                 await tg.start(fanout.run)
-                urls = await tg.start(
-                    partial(serve_http, stuck_peer_timeout_s=settings.sse_send_timeout_s),
-                    app,
-                    settings.http_host,
-                    settings.http_port,
-                )
-                if settings.feed == "sim" and store.name == "memory":
-                    tg.start_soon(log_prices, service)
+                try:
+                    urls = await tg.start(
+                        partial(serve_http, stuck_peer_timeout_s=settings.sse_send_timeout_s),
+                        app,
+                        settings.http_host,
+                        settings.http_port,
+                    )
+                except OSError as e:
+                    address = f"{settings.http_host}:{settings.http_port}"
+                    raise StartupError(
+                        f"MDS_HTTP_PORT: cannot listen on {address}: "
+                        f"{(e.strerror or str(e)).lower()} (another instance running? set "
+                        "MDS_HTTP_PORT to a free port, or 0 for any)"
+                    ) from None
+                tg.start_soon(log_summary, service)
                 log.info(
                     "market-data-service running: feed=%s store=%s http=%s",
                     settings.feed,
@@ -162,7 +203,7 @@ async def run(
                 )
                 task_status.started(Running(service, urls))
         except BaseExceptionGroup as group:
-            fatal, rest = group.split((FatalFeedError, FatalStoreError))
+            fatal, rest = group.split((FatalFeedError, FatalStoreError, StartupError))
             if fatal is not None and rest is None:
                 first: BaseException = fatal
                 while isinstance(first, BaseExceptionGroup):
@@ -192,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from entrypoints.logging_setup import configure_logging
 
+    if args.env_file is not None and not args.env_file.is_file():
+        print(f"market-data-service: --env-file: no such file: '{args.env_file}'", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         settings = load_settings(env_file=args.env_file)
     except SettingsError as e:
@@ -202,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}={value}")
         return 0
     configure_logging(settings.log_format, settings.log_level, secrets=settings.secret_values())
+    for warning in unknown_variables(env_file=args.env_file):
+        log.warning("%s", warning)
+    if (why := nothing_to_price(settings)) is not None:
+        log.warning("%s", why)
     # Quotes and prices are short-lived tuples: move everything alive after start-up out of
     # the collector's way and collect the young generation less often (fewer, shorter pauses).
     gc.freeze()
@@ -214,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FatalStoreError as e:
         log.critical("stopping: %s", e)
         return EXIT_CONFIG
+    except StartupError as e:
+        log.critical("cannot start: %s", e)
+        return EXIT_STARTUP
     except KeyboardInterrupt:
         pass
     log.info("stopped")

@@ -186,6 +186,15 @@ class Settings(BaseSettings):
         validation_alias="MDS_REPLAY_SPEED",
         description="Replay speed factor; `0` plays as fast as possible.",
     )
+    replay_keep_times: bool = Field(
+        default=False,
+        validation_alias="MDS_REPLAY_KEEP_TIMES",
+        description=(
+            "Keep the recording's venue times. Default `false`: replay plays as if live (each "
+            "quote's venue time moved to now minus its recorded age, so prices are fresh and "
+            "newer than what an earlier run wrote)."
+        ),
+    )
     symbols: Annotated[frozenset[str], NoDecode] = Field(
         default_factory=lambda data: (
             DEFAULT_SIM_SYMBOLS if data.get("feed") in ("sim", "replay") else frozenset()
@@ -706,6 +715,22 @@ def _stderr_is_tty() -> bool:
         return False
 
 
+def unknown_variables(
+    env: Mapping[str, str] | None = None, *, env_file: Path | str | None = None
+) -> list[str]:
+    """Warnings for ``MDS_*``/``ALPACA_*``/``APCA_*`` names in the environment (``env``, or the
+    process's) and in the env file (``env_file``, or ``.env`` when reading the process's) that no
+    setting reads, each with the closest real name."""
+    import os  # local: reading the environment happens at call time, never at import
+
+    given = os.environ if env is None else env
+    found = [(name, "the environment") for name in sorted(given)]
+    path = env_file if env_file is not None else (".env" if env is None else None)
+    if path is not None:
+        found += [(name, str(path)) for name in sorted(dotenv_values(Settings, path))]
+    return messages.unknown_names(Settings, found)
+
+
 def env_name(field_name: str, info: FieldInfo | None = None) -> str:
     """The primary environment variable name of a field."""
     return messages.env_name(Settings, field_name, info)
@@ -763,4 +788,5 @@ __all__ = [
     "load_settings",
     "redact_url",
     "settings_markdown",
+    "unknown_variables",
 ]

@@ -35,6 +35,11 @@ class ServiceViewAdapter:
             detail = f"price store unavailable: {status.store_error}"
         elif not status.connected:
             detail = f"feed {status.state.value}"
+        elif not status.desired:
+            detail = (
+                "connected, but nothing will be priced: no symbol to subscribe (set "
+                "MDS_SYMBOLS=AAPL,MSFT, or MDS_POSITION_SOURCE to follow open positions)"
+            )
         elif not status.confirmed:
             detail = "connected, but no symbol subscribed"
         elif status.left_out:

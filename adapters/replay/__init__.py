@@ -1,5 +1,10 @@
 """Replay of recorded Alpaca frames as a QuoteFeed: demos, reproducible tests, benchmarks."""
 
-from adapters.replay.feed import ReplayQuoteFeed, ReplaySession, sample_recording
+from adapters.replay.feed import (
+    RecordingUnusable,
+    ReplayQuoteFeed,
+    ReplaySession,
+    sample_recording,
+)
 
-__all__ = ["ReplayQuoteFeed", "ReplaySession", "sample_recording"]
+__all__ = ["RecordingUnusable", "ReplayQuoteFeed", "ReplaySession", "sample_recording"]

@@ -8,6 +8,7 @@ answers subscriptions itself.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -23,13 +24,32 @@ import anyio.lowlevel
 from adapters.alpaca.recorder import read_recording
 from adapters.alpaca.wire import ChannelFilter, RateLimitedErrorLog, decode_frame
 from domain.connection import ConnectionState
-from domain.errors import FeedDisconnected
+from domain.errors import FatalFeedError, FeedDisconnected
 from domain.market import MarketEvent, SubscriptionAck, Subscriptions
 from domain.stats import FeedStats
 
 log = logging.getLogger(__name__)
 
 _NS = 1_000_000_000
+
+
+class RecordingUnusable(FatalFeedError):
+    """The recording cannot be played (``strict`` feeds): unreadable, not a recording, or a
+    malformed line. The message names the file and the first bad line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, setting="MDS_REPLAY_FILE")
+
+
+def _shifted(events: Sequence[MarketEvent], offset_ns: int) -> list[MarketEvent]:
+    """``events`` with their venue times moved by ``offset_ns`` (replay as if live)."""
+    out: list[MarketEvent] = []
+    for event in events:
+        if isinstance(event, tuple):  # Quote, Trade: named tuples
+            out.append(event._replace(ts_event_ns=event.ts_event_ns + offset_ns))
+        else:
+            out.append(dataclasses.replace(event, ts_event_ns=event.ts_event_ns + offset_ns))
+    return out
 
 
 def sample_recording() -> Traversable:
@@ -105,15 +125,26 @@ class ReplaySession:
                             await anyio.lowlevel.checkpoint()
                     else:
                         await anyio.lowlevel.checkpoint()
-                    events, _controls = decode_frame(
-                        frame.data, feed.now_ns(), stats, feed._decode_log
-                    )
+                    now_ns = feed.now_ns()
+                    events, _controls = decode_frame(frame.data, now_ns, stats, feed._decode_log)
                     if events:
                         wanted = self._filter.apply(events)
                         if wanted:
-                            yield wanted
+                            # As if live: each event keeps its recorded age at receipt (at
+                            # speed 1 the recording's spacing), so prices are fresh and newer
+                            # than anything an earlier run wrote.
+                            yield (
+                                wanted
+                                if feed.keep_times
+                                else _shifted(wanted, now_ns - frame.received_ns)
+                            )
             except (OSError, EOFError) as e:
-                raise FeedDisconnected(f"cannot read the recording {feed.name}: {e}") from e
+                reason = f"cannot read the recording {feed.source}: {e}"
+                if feed.strict:
+                    raise RecordingUnusable(reason) from None
+                raise FeedDisconnected(reason) from e
+            if first_ns is None and feed.strict:
+                raise RecordingUnusable(f"the recording {feed.source} has no frames")
             if feed.hold_at_end and first_ns is not None and not feed.loop:
                 # A service replaying a file: the recording is over, the prices stand.
                 log.info("end of recording %s: holding the last prices", feed.name)
@@ -137,7 +168,11 @@ class ReplayQuoteFeed:
     Pacing uses ``anyio.sleep``, so trio's MockClock runs a replay in virtual time. Raises
     ``FileNotFoundError`` at construction when there is no such file. The file is read lazily,
     line by line, in the event loop (recordings are small; a read error ends the session with
-    ``FeedDisconnected``).
+    ``FeedDisconnected``). ``strict`` (the service): an unreadable file, a malformed line or a
+    recording without frames raises :class:`RecordingUnusable` (fatal: retrying cannot fix the
+    file) instead of skipping the line or ending the session. ``keep_times=False`` (the service's
+    default) replays as if live: every event's venue time moves by (now - its recorded receive
+    time), so it is as old at receipt as when it was recorded; ``True`` keeps the recorded times.
     """
 
     def __init__(
@@ -147,6 +182,8 @@ class ReplayQuoteFeed:
         speed: float = 1.0,
         loop: bool = False,
         hold_at_end: bool = False,
+        strict: bool = False,
+        keep_times: bool = True,
         now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         if math.isnan(speed) or speed < 0:
@@ -157,6 +194,8 @@ class ReplayQuoteFeed:
         self.speed = speed
         self.loop = loop
         self.hold_at_end = hold_at_end
+        self.strict = strict
+        self.keep_times = keep_times
         self.now_ns = now_ns
         self.paced = 0 < speed < math.inf
         self.name = source.name
@@ -180,6 +219,11 @@ class ReplayQuoteFeed:
         return self._stats
 
     def _bad_line(self, line_no: int, why: str) -> None:
+        if self.strict:
+            raise RecordingUnusable(
+                f"{self.source} line {line_no} is not a recorded frame ({why}); "
+                "record with `mds record FILE SYMBOL...`"
+            )
         self._stats.decode_errors["bad_recording_line"] += 1
         self._decode_log("bad_recording_line", f"{self.name} line {line_no}: {why}")
 

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from pydantic import AliasChoices, ValidationError
@@ -119,3 +120,20 @@ def given_value(given: Mapping[str, str], key: str, env: str) -> str | None:
         if name in given:
             return given[name]
     return None
+
+
+CHECKED_PREFIXES: Final = ("MDS_", "ALPACA_", "APCA_")
+
+
+def unknown_names(settings_cls: type[BaseSettings], found: Iterable[tuple[str, str]]) -> list[str]:
+    """One warning line per ``(name, where)`` with one of our prefixes that no setting reads
+    (a typo is otherwise silently ignored), suggesting the closest real name."""
+    known = sorted(n for n in env_names(settings_cls) if n.isupper())
+    lines = []
+    for name, where in found:
+        if not name.startswith(CHECKED_PREFIXES) or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see `mds run --print-config`"
+        lines.append(f"{name} (in {where}) is not a setting and is ignored{hint}")
+    return lines

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import anyio
+import pytest
 
 from adapters.clock import VirtualClock
 from adapters.memory import InMemoryEventBus, InMemoryPriceCache
@@ -207,3 +210,41 @@ async def test_flush_counts_what_could_not_be_written_by_the_deadline(
     with anyio.fail_after(10):
         left = await stream.flush(1.0)
     assert left == 1 and status.counters["dropped"] == 1
+
+
+async def test_a_wholly_refused_run_of_writes_is_explained_once(
+    cache: InMemoryPriceCache,
+    bus: InMemoryEventBus,
+    clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Another writer (an earlier run) left newer prices in the store.
+    await cache.put_many([Price("A", 1.0, 1.02, 1.01, T0 + 10**12, "V")])
+    stream, status = make(cache, bus, clock)
+
+    def refusals() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING and "refused all" in r.getMessage()
+        ]
+
+    with caplog.at_level(logging.INFO, "application.stream_prices"), anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stream.run)
+            for i in range(3):  # three batches, all older than the store's price
+                stream.handle([quote("A", 100, 100.02, T0 + i)])
+                await stream.wait_idle()
+            assert status.counters["refused_older"] == 3
+            assert len(refusals()) == 1  # one warning for the run, not one per batch
+            assert "MDS_REPLAY_KEEP_TIMES" in refusals()[0]
+            stream.handle([quote("A", 100, 100.02, T0 + 2 * 10**12)])  # newer: accepted
+            await stream.wait_idle()
+            stream.handle([quote("B", 100, 100.02, T0)])  # a fresh symbol: accepted
+            await stream.wait_idle()
+            await cache.put_many([Price("C", 1.0, 1.02, 1.01, T0 + 10**12, "V")])
+            stream.handle([quote("C", 100, 100.02, T0)])  # a new refused run: warned again
+            await stream.wait_idle()
+            tg.cancel_scope.cancel()
+    assert len(refusals()) == 2
+    assert status.counters["prices_written"] == 2

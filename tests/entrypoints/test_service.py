@@ -134,3 +134,93 @@ def test_help_documents_the_service() -> None:
         check=True,
     ).stdout
     assert "embedded default" in out and "Exit codes" in out
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def test_a_taken_http_port_is_one_line_naming_the_setting_and_exit_4() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = spawn(EMBEDDED | {"MDS_HTTP_PORT": str(port)})
+        _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 4, err
+    assert "Traceback" not in err and "ExceptionGroup" not in err
+    critical = [line for line in _lines(err) if '"CRITICAL"' in line]
+    assert len(critical) == 1
+    assert (
+        f"MDS_HTTP_PORT: cannot listen on 127.0.0.1:{port}: address already in use" in (critical[0])
+    )
+
+
+def test_a_malformed_replay_file_is_fatal_naming_the_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"t": 1, "text": "[]"}\nnot a frame\n')
+    proc = spawn(EMBEDDED | {"MDS_FEED": "replay", "MDS_REPLAY_FILE": str(bad)})
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert "Traceback" not in err and "reconnecting" not in err
+    assert f"{bad} line 2 is not a recorded frame" in err and "MDS_REPLAY_FILE" in err
+
+
+def test_a_missing_env_file_is_refused_with_exit_2(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(SERVICE), "--env-file", str(tmp_path / "nonexistent.env")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert _lines(out.stderr) == [
+        f"market-data-service: --env-file: no such file: '{tmp_path / 'nonexistent.env'}'"
+    ]
+
+
+def test_unknown_variables_are_named_with_the_closest_real_one(tmp_path: Path) -> None:
+    from entrypoints.settings import unknown_variables
+
+    env_file = tmp_path / "my.env"
+    env_file.write_text("MDS_SIMRATE=5\nMDS_SIM_RATE=5\n")
+    warnings = unknown_variables(
+        {"MDS_SYMBOL": "AAPL", "ALPACA_KEY": "x", "MDS_XYZZY": "1", "HOME": "/", "MDS_FEED": "sim"},
+        env_file=env_file,
+    )
+    assert warnings == [
+        "ALPACA_KEY (in the environment) is not a setting and is ignored; did you mean "
+        "ALPACA_API_KEY?",
+        "MDS_SYMBOL (in the environment) is not a setting and is ignored; did you mean "
+        "MDS_SYMBOLS?",
+        "MDS_XYZZY (in the environment) is not a setting and is ignored; see "
+        "`mds run --print-config`",
+        f"MDS_SIMRATE (in {env_file}) is not a setting and is ignored; did you mean MDS_SIM_RATE?",
+    ]
+
+
+def test_keys_without_symbols_or_positions_warn_that_nothing_will_be_priced() -> None:
+    from entrypoints.service import nothing_to_price
+
+    keys = {"ALPACA_API_KEY": "k", "ALPACA_SECRET_KEY": "s"}
+    why = nothing_to_price(load_settings(keys))
+    assert why is not None and "nothing will be priced" in why and "MDS_SYMBOLS" in why
+    assert nothing_to_price(load_settings(keys | {"MDS_SYMBOLS": "AAPL"})) is None
+    assert nothing_to_price(load_settings(EMBEDDED)) is None  # sim: AAPL, MSFT, SPY
+
+
+async def test_health_says_when_nothing_will_be_priced() -> None:
+    settings = load_settings(EMBEDDED | {"MDS_SYMBOLS": ""})
+    clock = SystemClock()
+    feed = ScriptedQuoteFeed(clock)
+    container = Container(settings=settings)
+    with container.feed.override(providers.Object(feed)):
+        async with anyio.create_task_group() as tg:
+            running: Running = await tg.start(run, settings, container)
+            async with httpx.AsyncClient(base_url=running.http_urls[0]) as client:
+                health = (await client.get("/health")).json()
+            tg.cancel_scope.cancel()
+    assert health["websocket_connected"] is True and health["subscribed_symbols"] == 0
+    assert "nothing will be priced" in health["detail"] and "MDS_SYMBOLS" in health["detail"]

@@ -166,6 +166,7 @@ PARSED: list[tuple[dict[str, str], str, Any]] = [
     ({**KEYS, "MDS_FEED": "sim"}, "feed", "sim"),
     ({"MDS_REPLAY_SPEED": "0"}, "replay_speed", 0.0),
     ({"MDS_REPLAY_SPEED": "12.5"}, "replay_speed", 12.5),
+    ({"MDS_REPLAY_KEEP_TIMES": "true"}, "replay_keep_times", True),
     (
         {"MDS_SYMBOLS": "aapl, msft,,BRK.B ,BTC/USD"},
         "symbols",

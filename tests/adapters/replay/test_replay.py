@@ -15,7 +15,7 @@ import trio.testing
 from adapters.alpaca import read_recording
 from adapters.alpaca.wire import decode_frame
 from adapters.clock import VirtualClock
-from adapters.replay import ReplayQuoteFeed, sample_recording
+from adapters.replay import RecordingUnusable, ReplayQuoteFeed, sample_recording
 from domain.connection import ConnectionState
 from domain.errors import FeedDisconnected
 from domain.market import Channel, MarketEvent, Quote, Subscriptions
@@ -174,3 +174,71 @@ async def test_hold_at_end_keeps_the_session_open_after_the_last_frame() -> None
                 quotes += len(batch)
     assert scope.cancelled_caught  # never raised "end of recording"
     assert quotes == 600
+
+
+async def test_as_if_live_moves_venue_times_to_now_keeping_the_spacing() -> None:
+    clock = VirtualClock()
+    feed = ReplayQuoteFeed(sample_recording(), speed=1.0, keep_times=False, now_ns=clock.now_ns)
+    received: list[MarketEvent] = []
+    with trio.fail_after(GUARD_S):
+        async with feed.connect() as session:
+            await session.subscribe(Subscriptions.quotes(SYMBOLS))
+            with pytest.raises(FeedDisconnected):
+                async for batch in session.events():
+                    received.extend(batch)
+    frames = recorded()
+    expected = [e for _, events in frames for e in events]
+    assert len(received) == len(expected)
+    # Each event is as old at receipt as when it was recorded...
+    ages = [(rx - e.ts_event_ns) for rx, events in frames for e in events]
+    assert [e.ts_received_ns - e.ts_event_ns for e in received] == ages
+    # ...so the first is "now" (the recording is months old) and the spacing is the recording's.
+    assert abs(received[0].ts_event_ns - received[0].ts_received_ns) < 5 * 10**9
+    assert received[-1].ts_event_ns - received[0].ts_event_ns == (
+        expected[-1].ts_event_ns - expected[0].ts_event_ns
+    )
+    quotes = [e for e in received if isinstance(e, Quote)]
+    assert len(quotes) == len(received)
+    assert [q._replace(ts_event_ns=0, ts_received_ns=0) for q in quotes] == [
+        e._replace(ts_event_ns=0) for e in expected if isinstance(e, Quote)
+    ]
+
+
+def _strict_feed(path: Path) -> ReplayQuoteFeed:
+    return ReplayQuoteFeed(path, speed=0, hold_at_end=True, strict=True)
+
+
+async def _play(feed: ReplayQuoteFeed) -> int:
+    seen = 0
+    with trio.fail_after(GUARD_S):
+        async with feed.connect() as session:
+            await session.subscribe(Subscriptions.quotes(SYMBOLS))
+            async for batch in session.events():
+                seen += len(batch)
+    return seen
+
+
+async def test_strict_a_malformed_line_is_fatal_naming_the_file_and_the_line(
+    tmp_path: Path,
+) -> None:
+    good = orjson.dumps(
+        {"t": 5, "text": '[{"T":"q","S":"AAPL","bp":1,"ap":2,"t":"2024-07-24T07:56:53Z"}]'}
+    )
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join([good, b"", b"this is not a recording", good]))
+    with pytest.raises(RecordingUnusable) as info:
+        await _play(_strict_feed(path))
+    message = str(info.value)
+    assert f"{path} line 3 is not a recorded frame" in message
+    assert message.endswith("check MDS_REPLAY_FILE")
+
+
+async def test_strict_an_empty_or_unreadable_recording_is_fatal(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"\n\n")
+    with pytest.raises(RecordingUnusable, match="has no frames"):
+        await _play(_strict_feed(empty))
+    not_gzip = tmp_path / "plain.jsonl.gz"
+    not_gzip.write_bytes(b"plain text, not gzip\n")
+    with pytest.raises(RecordingUnusable, match=r"cannot read the recording .*plain\.jsonl\.gz"):
+        await _play(_strict_feed(not_gzip))
