@@ -468,9 +468,11 @@ async def serve_http(
     """
     config = hypercorn_config(host, port, graceful_timeout_s=graceful_timeout_s)
     stop = anyio.Event()
-    # The server runs shielded so that the caller's cancellation turns into a graceful shutdown
-    # (``stop``) instead of killing requests in flight; the deadline bounds the drain.
-    server_scope = anyio.CancelScope(shield=True)
+    # Once serving, the server runs shielded so that the caller's cancellation turns into a
+    # graceful shutdown (``stop``) instead of killing requests in flight; the deadline bounds the
+    # drain. Not while starting: a cancellation then (the feed failed fatally at the same moment)
+    # must end the start, or nothing would ever set ``stop`` and the process would hang.
+    server_scope = anyio.CancelScope()
 
     # anyio's task groups run on trio here, so ``tg.start`` hands over trio's own TaskStatus.
     sockets = config.create_sockets()  # binds now: OSError here when the port is taken
@@ -495,6 +497,7 @@ async def serve_http(
     try:
         async with anyio.create_task_group() as tg:
             binds: list[str] = await tg.start(run_server)
+            server_scope.shield = True
             log.info("HTTP API listening on %s", ", ".join(binds))
             task_status.started(binds)
             try:
