@@ -40,6 +40,7 @@ def alpaca_feed_config(settings: Settings) -> AlpacaFeedConfig:
         secret_key=Secret(settings.alpaca_secret_key.get_secret_value()),
         url=settings.stream_url,
         fmt=settings.stream_format,
+        auth=settings.stream_auth,
         data_watchdog_s=settings.data_timeout_s or None,
         allow_insecure=settings.allow_insecure_ws,
         record_path=settings.record_file,

@@ -50,6 +50,7 @@ from entrypoints.config.values import strip as _strip
 
 FeedKind: TypeAlias = Literal["alpaca", "sim", "replay"]
 StreamFormat: TypeAlias = Literal["msgpack", "json"]
+StreamAuth: TypeAlias = Literal["header", "message"]
 PositionSourceKind: TypeAlias = Literal["gateway", "alpaca", "none"]
 LogFormat: TypeAlias = Literal["json", "console"]
 LogLevel: TypeAlias = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -120,6 +121,16 @@ class Settings(BaseSettings):
         description=(
             "Wire format of the stream: `msgpack` (what Alpaca's SDKs use; binary frames, "
             "timestamps as integers) or `json` (text frames, easy to read in a capture)."
+        ),
+    )
+    stream_auth: StreamAuth = Field(
+        default="header",
+        validation_alias="ALPACA_AUTH",
+        description=(
+            "How the stream authenticates: `header` (the keys in the upgrade's "
+            "APCA-API-KEY-ID/APCA-API-SECRET-KEY headers: one round trip less per reconnect, "
+            "keys never inside a frame; falls back to the auth message if the venue does not "
+            "confirm within 2 s) or `message` (the auth message after `connected`, as the SDKs)."
         ),
     )
     trading_url: str = Field(
@@ -414,7 +425,9 @@ class Settings(BaseSettings):
                 raise ValueError("must not contain spaces or control characters")
         return value
 
-    @field_validator("stream_format", "position_source", "feed", "log_format", mode="before")
+    @field_validator(
+        "stream_format", "stream_auth", "position_source", "feed", "log_format", mode="before"
+    )
     @classmethod
     def _lower_word(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -556,8 +569,10 @@ class Settings(BaseSettings):
                 continue
             if item != "*":
                 parts = urlsplit(item)
-                if parts.scheme not in ("http", "https") or not parts.hostname or (
-                    parts.path not in ("", "/") or parts.query or parts.fragment
+                if (
+                    parts.scheme not in ("http", "https")
+                    or not parts.hostname
+                    or (parts.path not in ("", "/") or parts.query or parts.fragment)
                 ):
                     shown = item if len(item) <= 40 else item[:40] + "…"
                     raise ValueError(

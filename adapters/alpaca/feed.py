@@ -7,6 +7,12 @@ One ``connect()`` is one WebSocket session::
              ->  [{"T":"success","msg":"authenticated"}]    (within auth_timeout_s)
     yield the session (nothing subscribed)
 
+With ``auth="header"`` (the default) the keys go in the upgrade's ``APCA-API-KEY-ID`` /
+``APCA-API-SECRET-KEY`` headers and no auth message is sent: ``authenticated`` follows
+``connected`` (in the same frame or the next). Alpaca does not document that reply, so if it has
+not come within ``header_auth_wait_s`` the auth message is sent after all (logged at WARNING;
+its ``403 already authenticated`` counts as success).
+
 While the session is open, three tasks run in a nursery inside the context manager:
 
 - the **reader** receives, decodes (:mod:`adapters.alpaca.wire`), handles control messages
@@ -138,6 +144,7 @@ class AlpacaSession:
         self._now_ns = now_ns
         self._decode_log = decode_log
         self._recorder = recorder
+        self._authenticated = False
         self._confirmed = Subscriptions()
         self._filter = ChannelFilter(self._confirmed)
         self._send_events, self._receive_events = trio.open_memory_channel[list[MarketEvent]](
@@ -217,11 +224,22 @@ class AlpacaSession:
         if greeting.cancelled_caught:
             raise FeedUnavailable(f"no 'connected' greeting within {cfg.connect_timeout_s:g} s")
         on_state(ConnectionState.AUTHENTICATING)
+        if cfg.auth == "header":
+            with trio.move_on_after(min(cfg.header_auth_wait_s, cfg.auth_timeout_s)):
+                while not self._authenticated:
+                    await self._handshake_step("authenticated")
+            if self._authenticated:
+                return
+            log.warning(
+                "alpaca: no 'authenticated' within %g s of header auth; sending the auth "
+                "message (set ALPACA_AUTH=message if this venue never confirms header auth)",
+                min(cfg.header_auth_wait_s, cfg.auth_timeout_s),
+            )
         auth = {"action": "auth", "key": cfg.api_key.reveal(), "secret": cfg.secret_key.reveal()}
         await self._send(auth, {"action": "auth", "key": "***", "secret": "***"})
         with trio.move_on_after(cfg.auth_timeout_s) as authenticated:
-            while not await self._handshake_step("authenticated"):
-                pass
+            while not self._authenticated:
+                await self._handshake_step("authenticated")
         if authenticated.cancelled_caught:
             raise FeedUnavailable(f"not authenticated within {cfg.auth_timeout_s:g} s")
 
@@ -238,11 +256,17 @@ class AlpacaSession:
         for message in controls:
             kind = message.get("T")
             if kind == "success":
+                if message.get("msg") == "authenticated":
+                    # Also when it shares the frame of "connected" (header auth).
+                    self._authenticated = True
                 if message.get("msg") == expected:
                     done = True
                 else:
                     log.debug("alpaca: %r while waiting for %r", message.get("msg"), expected)
             elif kind == "error":
+                if message.get("code") == 403 and expected == "authenticated":
+                    self._authenticated = True  # header auth had worked: "already authenticated"
+                    continue
                 error = self._reaction(message, handshake=True)
                 if error is not None:
                     raise error
@@ -627,6 +651,12 @@ class AlpacaQuoteFeed:
         self.connects += 1
         on_state(ConnectionState.CONNECTING)
         content_type = b"application/msgpack" if cfg.fmt == "msgpack" else b"application/json"
+        headers = [(b"Content-Type", content_type)]
+        if cfg.auth == "header":
+            headers += [
+                (b"APCA-API-KEY-ID", cfg.api_key.reveal().encode()),
+                (b"APCA-API-SECRET-KEY", cfg.secret_key.reveal().encode()),
+            ]
         recorder = self._recording()
         try:
             # This nursery holds trio-websocket's reader task (see adapters.alpaca.transport):
@@ -636,7 +666,7 @@ class AlpacaQuoteFeed:
                     transport,
                     cfg.url,
                     timeout_s=cfg.connect_timeout_s,
-                    extra_headers=[(b"Content-Type", content_type)],
+                    extra_headers=headers,
                     message_queue_size=cfg.message_queue_size,
                     max_message_size=cfg.max_message_size,
                 )

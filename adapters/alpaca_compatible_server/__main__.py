@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--http-429", action="store_true", help="HTTP 429 at the upgrade")
     faults.add_argument("--send-407", action="store_true", help="407 slow client, then close")
     faults.add_argument("--malformed-every", type=int, default=None, metavar="N")
+    faults.add_argument("--internal-error", action="store_true", help="500 at auth, then close")
     faults.add_argument("--stall", action="store_true", help="send no data (pings answered)")
     parser.add_argument("--log-level", default="INFO", help="logging level")
     return parser
@@ -135,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             http_429_at_upgrade=args.http_429,
             send_407_then_close=args.send_407,
             malformed_every=args.malformed_every,
+            internal_error=args.internal_error,
             stall=args.stall,
         ),
         wildcard_symbols=wildcard,

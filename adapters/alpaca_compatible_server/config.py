@@ -65,6 +65,9 @@ class Faults:
     malformed_every: int | None = None
     """After every N data frames, inject one malformed frame (rotating through bad encoding, a
     non-list, a quote missing fields, a quote with wrong types, an unknown ``T``)."""
+    internal_error: bool = False
+    """Answer every auth (message or headers) with ``500 internal error`` and close, as an
+    Alpaca server-side fault would."""
     stall: bool = False
     """Send no data (control replies and pongs still flow): a connected but mute feed."""
 

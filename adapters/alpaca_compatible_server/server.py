@@ -247,7 +247,15 @@ class AlpacaCompatibleServer:
         fmt = WireFormat.MSGPACK if _wants_msgpack(request) else WireFormat.JSON
         conn = await request.accept()
         host: SessionHost = self
-        session = Session(host, next(self._ids), stream, conn, codec_for(fmt), endpoint)
+        session = Session(
+            host,
+            next(self._ids),
+            stream,
+            conn,
+            codec_for(fmt),
+            endpoint,
+            header_credentials=_header_credentials(request),
+        )
         self.sessions[session.id] = session
         self._connections[scope] = session
         self.notify()
@@ -270,6 +278,20 @@ class AlpacaCompatibleServer:
                 session.messages_sent,
                 session.frames_dropped,
             )
+
+
+def _header_credentials(request: WebSocketRequest) -> tuple[str, str] | None:
+    """The keys of the upgrade's ``APCA-API-KEY-ID`` / ``APCA-API-SECRET-KEY`` headers (Alpaca's
+    header auth), or None when the request has neither. One without the other fails auth (402),
+    as wrong keys do."""
+    found: dict[bytes, str] = {}
+    for name, value in request.headers:
+        lower = name.lower()
+        if lower in (b"apca-api-key-id", b"apca-api-secret-key"):
+            found[lower] = value.decode("latin-1").strip()
+    if not found:
+        return None
+    return found.get(b"apca-api-key-id", ""), found.get(b"apca-api-secret-key", "")
 
 
 def _wants_msgpack(request: WebSocketRequest) -> bool:

@@ -78,8 +78,10 @@ class Session:
         conn: WebSocketConnection,
         codec: JsonCodec | MsgpackCodec,
         endpoint: Endpoint,
+        header_credentials: tuple[str, str] | None = None,
     ) -> None:
         cfg = server.config
+        self._header_credentials = header_credentials
         self.id = session_id
         self.endpoint = endpoint
         self.path = endpoint.path
@@ -156,6 +158,12 @@ class Session:
 
     async def _connected_then_receive(self) -> None:
         await self._send_control({"T": "success", "msg": "connected"})
+        if self._header_credentials is not None:
+            # Keys in the upgrade's APCA-API-KEY-ID / APCA-API-SECRET-KEY headers: authenticate
+            # now, with the same answers as the auth message (success or 402/406/409/500).
+            self._server.stats.header_auths += 1
+            self._server.stats.auth_attempts += 1
+            await self._authenticate(*self._header_credentials)
         conn = self._conn
         while True:
             await self._on_message(await conn.get_message())
@@ -228,8 +236,14 @@ class Session:
         if not isinstance(key, str) or not isinstance(secret, str):
             await self._send_error(400)
             return
+        await self._authenticate(key, secret)
+
+    async def _authenticate(self, key: str, secret: str) -> None:
+        server = self._server
         faults = server.faults
-        if faults.refuse_auth or not server.credentials_valid(key, secret):
+        if faults.internal_error:
+            await self._close_with_error(500)
+        elif faults.refuse_auth or not server.credentials_valid(key, secret):
             await self._close_with_error(402)
         elif faults.insufficient_subscription:
             await self._close_with_error(409)

@@ -141,6 +141,8 @@ PARSED: list[tuple[dict[str, str], str, Any]] = [
     ),
     ({"ALPACA_STREAM_FORMAT": "json"}, "stream_format", "json"),
     ({"ALPACA_STREAM_FORMAT": " MsgPack "}, "stream_format", "msgpack"),
+    ({}, "stream_auth", "header"),
+    ({"ALPACA_AUTH": " Message "}, "stream_auth", "message"),
     (
         {"ALPACA_TRADING_URL": "https://api.alpaca.markets/"},
         "trading_url",
@@ -259,6 +261,7 @@ INVALID: list[tuple[str, str]] = [
     ("ALPACA_STREAM_URL", "wss://"),
     ("ALPACA_STREAM_URL", "wss://host:notaport/v2"),
     ("ALPACA_STREAM_FORMAT", "xml"),
+    ("ALPACA_AUTH", "basic"),
     ("ALPACA_TRADING_URL", "http://api.alpaca.markets"),
     ("ALPACA_TRADING_URL", "paper-api.alpaca.markets"),
     ("REDIS_URL", "http://localhost:6379"),

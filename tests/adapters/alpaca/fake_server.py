@@ -54,6 +54,10 @@ class Script:
     ack: bool = True  # False: never acknowledge subscription changes
     omit_empty_channels: bool = False  # acks list only non-empty keys (lenient parsing)
     extra_ack_keys: dict[str, Any] = field(default_factory=dict)  # e.g. corrections
+    header_auth: str = "separate"
+    """Keys in the upgrade headers: ``separate`` answers ``authenticated`` in its own frame
+    after ``connected``; ``same_frame`` sends both in one frame; ``ignore`` does not look at
+    them (the client must fall back to the auth message)."""
     on_action: Callable[[ServerConnection, dict[str, Any]], Awaitable[bool]] | None = None
     """Called for every action after auth; return True when it was handled (skip defaults)."""
 
@@ -173,8 +177,27 @@ class FakeAlpacaServer:
 
     async def _serve(self, conn: ServerConnection) -> None:
         script = self.script
-        if script.greet:
-            await conn.send([{"T": "success", "msg": "connected"}])
+        connected = {"T": "success", "msg": "connected"}
+        key = conn.headers.get("apca-api-key-id")
+        if key is not None and script.header_auth != "ignore" and script.authenticate:
+            secret = conn.headers.get("apca-api-secret-key")
+            error = script.auth_error
+            if script.valid_keys is not None and (key, secret) != script.valid_keys:
+                error = 402
+            if error is not None:
+                await conn.send([connected])
+                await conn.send_error(error, _MESSAGES.get(error, "error"))
+                await conn.ws.aclose(1008)
+                return
+            conn.authenticated = True
+            authenticated = {"T": "success", "msg": "authenticated"}
+            if script.header_auth == "same_frame":
+                await conn.send([connected, authenticated])
+            else:
+                await conn.send([connected])
+                await conn.send([authenticated])
+        elif script.greet:
+            await conn.send([connected])
         while not conn.authenticated:
             action = await self._receive(conn)
             if action.get("action") != "auth":

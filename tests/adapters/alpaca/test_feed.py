@@ -38,6 +38,7 @@ def make_feed(url: str, **overrides: Any) -> AlpacaQuoteFeed:
         "ping_interval_s": 5.0,
         "ping_timeout_s": 5.0,
         "close_timeout_s": 1.0,
+        "auth": "message",  # the scripted handshake; header auth has its own tests
     }
     settings.update(overrides)
     return AlpacaQuoteFeed(AlpacaFeedConfig(Secret(KEY), Secret(SECRET), url=url, **settings))
@@ -71,6 +72,41 @@ async def test_authenticates_and_reports_states() -> None:
                 assert isinstance(conn.raw_received[0], str)  # a JSON text frame
     assert states == [ConnectionState.CONNECTING, ConnectionState.AUTHENTICATING]
     assert feed.stats.messages["success"] == 2
+
+
+@pytest.mark.parametrize("reply", ["separate", "same_frame"])
+async def test_header_auth_sends_no_auth_message(reply: str) -> None:
+    """ALPACA_AUTH=header: the keys go in the upgrade's headers and no frame carries them;
+    ``authenticated`` may follow ``connected`` in its own frame or share it."""
+    with trio.fail_after(GUARD_S):
+        async with fake_alpaca(Script(header_auth=reply)) as server:
+            feed = make_feed(server.url, auth="header")
+            started = trio.current_time()
+            async with feed.connect() as session:
+                assert trio.current_time() - started < 1.0  # no fallback wait
+                conn = server.last
+                assert conn.headers["apca-api-key-id"] == KEY
+                assert conn.headers["apca-api-secret-key"] == SECRET
+                await session.subscribe(Subscriptions.quotes({"AAPL"}))
+                assert all(m.get("action") != "auth" for m in conn.received)
+                assert all(SECRET not in str(raw) for raw in conn.raw_received)
+
+
+async def test_header_auth_falls_back_to_the_message_when_unconfirmed(logs: LogRecords) -> None:
+    with trio.fail_after(GUARD_S):
+        async with fake_alpaca(Script(header_auth="ignore")) as server:
+            feed = make_feed(server.url, auth="header", header_auth_wait_s=0.2)
+            async with feed.connect():
+                assert server.last.received[0] == {"action": "auth", "key": KEY, "secret": SECRET}
+    assert any("sending the auth message" in r.getMessage() for r in logs.records)
+
+
+async def test_header_auth_with_bad_keys_is_fatal() -> None:
+    with trio.fail_after(GUARD_S):
+        async with fake_alpaca(Script(valid_keys=("other", "keys"))) as server:
+            with pytest.raises(FatalFeedError, match="402"):
+                async with make_feed(server.url, auth="header").connect():
+                    pytest.fail("must not get a session")
 
 
 async def test_402_is_fatal_and_never_retried(logs: LogRecords) -> None:

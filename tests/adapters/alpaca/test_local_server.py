@@ -61,12 +61,15 @@ async def collect(session: Any, count: int) -> list[MarketEvent]:
     raise AssertionError("events() ended")  # pragma: no cover
 
 
+@pytest.mark.parametrize("auth", ["header", "message"])
 @pytest.mark.parametrize("fmt", ["json", "msgpack"])
-async def test_auth_subscribe_and_data_flow(fmt: str) -> None:
+async def test_auth_subscribe_and_data_flow(fmt: str, auth: str) -> None:
     with trio.fail_after(GUARD_S):
         async with local_server() as server:
-            feed = make_feed(server, fmt=fmt)
+            feed = make_feed(server, fmt=fmt, auth=auth)
             async with feed.connect() as session:
+                assert server.stats.header_auths == (auth == "header")
+                assert server.stats.auth_attempts == 1  # no fallback auth message
                 ack = await session.subscribe(Subscriptions.quotes(SYMBOLS))
                 assert ack.confirmed == Subscriptions.quotes(SYMBOLS)
                 assert ack.missing == frozenset()
@@ -200,3 +203,12 @@ async def test_malformed_frames_are_counted_and_data_keeps_flowing() -> None:
     # bad_encoding, not_a_list, wrong_types and unknown_type are refused; the server's
     # "missing_fields" quote has no prices at all, which the protocol allows (empty sides).
     assert {"bad_json", "not_a_list", "bad_field", "unknown_type"} <= set(feed.stats.decode_errors)
+
+
+@pytest.mark.parametrize("auth", ["header", "message"])
+async def test_internal_error_500_is_retryable(auth: str) -> None:
+    with trio.fail_after(GUARD_S):
+        async with local_server(faults=Faults(internal_error=True)) as server:
+            with pytest.raises(FeedUnavailable, match="500"):
+                async with make_feed(server, auth=auth).connect():
+                    pytest.fail("must not get a session")

@@ -101,9 +101,11 @@ async def connect(
     use_msgpack: bool = False,
     authenticate: bool = False,
     key: str = "PKTEST",
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> AsyncIterator[RawClient]:
     """Open a WebSocket, read ``connected`` and optionally authenticate."""
     headers = [(b"Content-Type", b"application/msgpack")] if use_msgpack else []
+    headers += extra_headers or []
     async with open_websocket_url(server.url + path, extra_headers=headers) as ws:
         client = RawClient(ws, use_msgpack)
         assert await client.control() == {"T": "success", "msg": "connected"}

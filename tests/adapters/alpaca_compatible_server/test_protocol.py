@@ -336,3 +336,64 @@ async def test_runs_under_an_anyio_task_group_and_exposes_its_port() -> None:
             async with connect(server, authenticate=True):
                 pass
             tg.cancel_scope.cancel()
+
+
+def key_headers(key: str = "PKTEST", secret: str = "secret") -> list[tuple[bytes, bytes]]:
+    return [(b"APCA-API-KEY-ID", key.encode()), (b"APCA-API-SECRET-KEY", secret.encode())]
+
+
+async def test_header_auth_at_the_upgrade() -> None:
+    """Alpaca's documented header auth (the websocat example): the keys in the upgrade's
+    APCA-API-KEY-ID / APCA-API-SECRET-KEY headers; ``connected`` then ``authenticated``, no auth
+    message; a later auth message is 403, as for any second auth."""
+    quiet_keyed = ServerConfig(keys={"PKTEST": "secret"}, faults=Faults(stall=True))
+    with anyio.fail_after(5):
+        async with (
+            running_server(quiet_keyed) as server,
+            connect(server, extra_headers=key_headers()) as client,
+        ):
+            assert await client.control() == {"T": "success", "msg": "authenticated"}
+            assert await client.subscribe(quotes=["AAPL"]) == ack(quotes=["AAPL"])
+            assert await client.auth() == error(403, "already authenticated")
+            (session,) = server.sessions.values()
+            assert session.key == "PKTEST" and server.stats.header_auths == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        key_headers("PKTEST", "wrong"),
+        key_headers("NOPE", "secret"),
+        [(b"APCA-API-KEY-ID", b"PKTEST")],  # the secret missing
+    ],
+)
+async def test_bad_header_keys_get_402_and_a_close(headers: list[tuple[bytes, bytes]]) -> None:
+    with anyio.fail_after(5):
+        async with running_server(KEYED) as server, connect(server, extra_headers=headers) as c:
+            assert await c.control() == error(402, "auth failed")
+            with pytest.raises(ConnectionClosed):
+                await c.recv()
+            assert not server.active_sessions
+
+
+async def test_header_auth_takes_the_endpoints_one_slot() -> None:
+    with anyio.fail_after(5):
+        async with (
+            running_server(KEYED) as server,
+            connect(server, extra_headers=key_headers()) as first,
+        ):
+            assert (await first.control())["msg"] == "authenticated"
+            async with connect(server, extra_headers=key_headers()) as second:
+                assert await second.control() == error(406, "connection limit exceeded")
+
+
+async def test_internal_error_fault_is_500_at_auth_then_close() -> None:
+    config = ServerConfig(faults=Faults(internal_error=True), bar_interval_s=None)
+    with anyio.fail_after(5):
+        async with running_server(config) as server, connect(server) as client:
+            assert await client.auth() == error(500, "internal error")
+            with pytest.raises(ConnectionClosed):
+                await client.recv()
+            server.faults.internal_error = False
+            async with connect(server, authenticate=True):
+                pass
