@@ -7,6 +7,7 @@
 - ``price``          the cached prices of some symbols, from Redis, with age and staleness
 - ``watch``          a live terminal table of bid/ask/mid/age from Redis pub/sub
 - ``bench``          end-to-end benchmark: the service against alpaca-py + redis.asyncio
+- ``chaos``          the chaos soak: random faults against real processes, invariants checked
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("run", "stream-server", "record", "replay", "price", "watch", "bench")
+COMMANDS = ("run", "stream-server", "record", "replay", "price", "watch", "bench", "chaos")
 
 
 def _settings_or_exit() -> object:
@@ -265,6 +266,70 @@ def _leaf(error: BaseException) -> BaseException:
     return error
 
 
+def cmd_chaos(argv: Sequence[str]) -> int:
+    from entrypoints.chaos.schedule import CATALOG, SCENES
+
+    parser = argparse.ArgumentParser(
+        prog="mds chaos",
+        description=(
+            "Chaos soak: starts its own redis-server processes (standalone, then an "
+            "active/standby pair, then a 3-master cluster, rotating), the local stream server "
+            "and the service as real processes, injects a seeded random schedule of faults "
+            "(feed, Redis, positions, disk, signals, HA, cluster) and checks invariants all "
+            "along. Prints faults by kind, invariant checks and violations; exit 1 on any "
+            "violation (with the seed and the schedule to reproduce it). Needs redis-server."
+        ),
+    )
+    parser.add_argument("--minutes", type=float, default=5.0, help="how long to run")
+    parser.add_argument("--seed", type=int, default=None, help="schedule seed (default: random)")
+    parser.add_argument(
+        "--block", type=float, default=240.0, help="seconds per scene before the next one"
+    )
+    parser.add_argument(
+        "--scenes", default=",".join(SCENES), help=f"comma-separated, of {', '.join(SCENES)}"
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated fault kinds or prefixes (e.g. redis.,feed.stall)",
+    )
+    parser.add_argument(
+        "--include-excluded",
+        action="store_true",
+        help="also play the kinds left out of the default catalog (see --list)",
+    )
+    parser.add_argument("--list", action="store_true", help="list the fault catalog and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for kind in CATALOG:
+            note = f"  (excluded: {kind.excluded})" if kind.excluded else ""
+            print(f"{kind.name:<22} scenes {','.join(kind.scenes):<18}{note}")
+        return 0
+
+    import random
+
+    from entrypoints.chaos.engine import run_soak
+    from entrypoints.chaos.schedule import plan
+
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    try:
+        chosen = plan(
+            seed,
+            args.minutes * 60,
+            block_s=args.block,
+            include_excluded=args.include_excluded,
+            only=[o for o in args.only.split(",") if o],
+            scenes=[s for s in args.scenes.split(",") if s],
+        )
+    except ValueError as e:
+        print(f"mds chaos: {e}", file=sys.stderr)
+        return 2
+    print(f"mds chaos: seed {seed}, {args.minutes:g} min", flush=True)
+    report = run_soak(chosen, echo=lambda line: print(line, flush=True))
+    print(report.summary(), flush=True)
+    return 0 if report.ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -291,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from entrypoints.bench.cli import main as bench_main
 
         return bench_main(rest)
+    if command == "chaos":
+        return cmd_chaos(rest)
     print(f"mds: unknown command {command!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
     return 2
 
