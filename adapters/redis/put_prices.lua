@@ -5,7 +5,8 @@
 -- same key applied earlier in the batch); each key ends with its last applied price
 -- (SET key json PX ttl, once per key). Timestamps are the
 -- fixed-width ISO text of domain.timestamps, so string order is time order. Applied prices are
--- published on <channel prefix><symbol> with the same bytes (when asked to).
+-- published on <channel prefix><symbol> with the same bytes (when asked to), in order, after
+-- every key is written.
 --
 -- ARGV[1] ttl in ms, ARGV[2] "1" to PUBLISH applied prices, ARGV[3] length of the key prefix,
 -- ARGV[4] channel prefix. Keys: KEYS[1..n] (standalone/Sentinel), or, when no KEYS are declared
@@ -30,6 +31,7 @@ local flags = {}
 -- once (its last applied price); every applied price is still published, in order.
 local newest = {}
 local last_applied = {}
+local applied = {}
 local channels = {}
 local function stamp_of(current)
   -- The cached record's timestamp ('' when absent, not a string, or without one).
@@ -71,18 +73,26 @@ for i = 1, #keys do
   else
     newest[key] = ts
     last_applied[key] = i
-    if publish then
-      local channel = channels[key]
-      if channel == nil then
-        channel = channel_prefix .. string.sub(key, prefix_len + 1)
-        channels[key] = channel
-      end
-      redis.call('PUBLISH', channel, ARGV[base + 2 * i - 1])
-    end
+    applied[#applied + 1] = i
     flags[i] = '1'
   end
 end
+-- Write first, publish after: a write Redis refuses (OOM under noeviction, READONLY) aborts
+-- the script before anything went out, so nothing is ever published that is not cached (a
+-- retried batch would otherwise publish the same prices again, older after newer).
 for key, i in pairs(last_applied) do
   redis.call('SET', key, ARGV[base + 2 * i - 1], 'PX', ttl)
+end
+if publish then
+  for j = 1, #applied do
+    local i = applied[j]
+    local key = keys[i]
+    local channel = channels[key]
+    if channel == nil then
+      channel = channel_prefix .. string.sub(key, prefix_len + 1)
+      channels[key] = channel
+    end
+    redis.call('PUBLISH', channel, ARGV[base + 2 * i - 1])
+  end
 end
 return table.concat(flags)
