@@ -44,7 +44,6 @@ class FaultKind:
 
 # Kinds the soak found failing on main (issue 11's defects), left out of the default catalog
 # until their fix lands; `mds chaos --include-excluded` plays them. Seen with seeds 0 and 1.
-_D1 = "defect 1: Redis OOM (maxmemory + noeviction) ends the process with a traceback"
 _D2 = (
     "defect 2: a peer that accepts TCP and never answers (or drips) the HTTP upgrade hangs the "
     "reconnect for ever (feed connecting 22 s+ after the fault cleared)"
@@ -53,7 +52,10 @@ _D4 = "defect 4: a quote stamped 2099 is cached and published and freezes its sy
 _D5 = "defect 5: recording to a full disk ends the process (OSError ENOSPC)"
 _D6 = "defect 6: FLUSHALL under an HA pair lets two instances hold 'token 1'"
 _D8 = "defect 8: a slot migrating while the service writes ends the process"
-_SIGHUP = "weak spot: SIGHUP kills the process (exit -1, no close frame, no flush)"
+
+#: A process the fault ended is started again: Python start-up on a busy 2-core machine takes
+#: up to ~12 s, plus connect and subscribe.
+_RESTART_S = 25.0
 
 #: The 406 connection-limit floor (15 s) plus reconnect and subscribe time.
 _AFTER_406_S = 22.0
@@ -91,7 +93,7 @@ CATALOG: tuple[FaultKind, ...] = (
     # --- Redis ------------------------------------------------------------------------------
     FaultKind("redis.kill_restart", "redis", ("single", "ha"), (2.0, 5.0), degrades=True),
     FaultKind("redis.pause", "redis", ("single", "ha"), (3.0, 5.0), degrades=True),
-    FaultKind("redis.oom", "redis", ("single", "ha"), (3.0, 5.0), True, excluded=_D1),
+    FaultKind("redis.oom", "redis", ("single", "ha"), (3.0, 5.0), degrades=True),
     FaultKind("redis.readonly", "redis", ("single", "ha"), (3.0, 5.0), degrades=True),
     FaultKind("redis.flushall", "redis", ("single",), (0.5, 1.0), degrades=False),
     FaultKind("redis.script_flush", "redis", ("single", "ha"), (0.5, 1.0), degrades=False),
@@ -102,19 +104,11 @@ CATALOG: tuple[FaultKind, ...] = (
     # --- the disk -------------------------------------------------------------------------------
     FaultKind("disk.full", "disk", ("single",), (3.0, 6.0), False, excluded=_D5),
     # --- signals ----------------------------------------------------------------------------
-    FaultKind("signal.sigterm", "signal", ("single",), (0.5, 1.0), False, exclusive=True),
-    FaultKind(
-        "signal.sighup",
-        "signal",
-        ("single",),
-        (0.5, 1.0),
-        False,
-        exclusive=True,
-        excluded=_SIGHUP,
-    ),
+    FaultKind("signal.sigterm", "signal", ("single",), (0.5, 1.0), False, _RESTART_S, True),
+    FaultKind("signal.sighup", "signal", ("single",), (0.5, 1.0), False, _RESTART_S, True),
     FaultKind("signal.sigstop", "signal", ("single",), (2.0, 4.0), True, exclusive=True),
     # --- active/standby ---------------------------------------------------------------------
-    FaultKind("ha.leader_kill", "ha", ("ha",), (5.0, 7.0), True, 15.0, exclusive=True),
+    FaultKind("ha.leader_kill", "ha", ("ha",), (5.0, 7.0), True, _RESTART_S, True),
     FaultKind("ha.flushall", "ha", ("ha",), (2.0, 3.0), False, 15.0, True, excluded=_D6),
     FaultKind("ha.leader_freeze", "ha", ("ha",), (6.0, 8.0), True, _AFTER_406_S, exclusive=True),
     # --- Redis Cluster --------------------------------------------------------------------
