@@ -568,11 +568,13 @@ class Injector:
         filler = disk / "filler"
 
         def fill() -> None:
-            with filler.open("wb") as f, contextlib.suppress(OSError):
-                block = b"\0" * (1 << 20)
-                while True:
-                    f.write(block)
-                    f.flush()
+            # Down to the last byte: a few KB left would take the recording many seconds to use.
+            with filler.open("wb", buffering=0) as f:
+                for size in (1 << 20, 1 << 16, 1 << 12, 1 << 8, 1):
+                    block = b"\0" * size
+                    with contextlib.suppress(OSError):
+                        while True:
+                            f.write(block)
 
         await _thread(fill)
 
