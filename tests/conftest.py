@@ -43,3 +43,13 @@ def prices_fit_the_schema(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
     if request.node.get_closest_marker("off_contract_prices") is None:
         checked = staticmethod(validating_from_json(Price.from_json))
         monkeypatch.setattr(Price, "from_json", checked)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--screenshot",
+        action="store",
+        default=None,
+        metavar="PATH",
+        help="the live-page browser test saves a PNG of the page there (for a reviewer to look at)",
+    )
