@@ -98,7 +98,7 @@ class MarketDataService:
     async def sync_now(self) -> SubscriptionPlan | None:
         """Sync subscriptions now; None when positions could not be read (kept as they were)."""
         try:
-            return await self.sync.sync_now()
+            return await self.sync.request()
         except PositionSourceError:
             return None
 

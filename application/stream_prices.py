@@ -30,6 +30,7 @@ from typing import Protocol
 import anyio
 
 from application.status import ServiceStatus, StoreState
+from domain.features import METRICS
 from domain.market import MarketEvent, Quote, Trade
 from domain.price import NoMid, Price, price_from_quote
 from ports.clock import Clock
@@ -257,11 +258,20 @@ class StreamMidPrices:
             self._refusing = False
             log.info("the price store accepts prices again")
         status.pending_writes = self.pending
-        self._observer.observe_write(elapsed, len(batch))
-        if batch:
-            self._observer.observe_quote_age(
-                (self._clock.now_ns() - batch[0].ts_event_ns) / 1_000_000_000
-            )
+        try:
+            self._observer.observe_write(elapsed, len(batch))
+            if batch:
+                self._observer.observe_quote_age(
+                    (self._clock.now_ns() - batch[0].ts_event_ns) / 1_000_000_000
+                )
+        except Exception as e:  # metrics are optional: they fail alone, prices flow on
+            if status.features.fail(METRICS, f"observer: {type(e).__name__}: {e}"):
+                log.exception("metrics failing (prices are not affected)")
+        else:
+            failing = status.features.failing
+            if failing and failing.get(METRICS, "").startswith("observer:"):
+                status.features.recover(METRICS)
+                log.warning("metrics observer works again")
         return True
 
     def _warn_refused(self, batch: list[Price]) -> None:

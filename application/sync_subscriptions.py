@@ -3,12 +3,13 @@
 Every ``interval_s`` (and at once when :meth:`trigger` is called, e.g. on a
 ``positions.changed`` signal or ``POST /subscriptions/sync``) it reads the positions, plans the
 change against the current target (positions ∪ static list, within the capacity) and applies it.
-A PositionSource failure keeps the current subscriptions and is retried at the next interval.
+A PositionSource failure (or any error of the source: position sync is optional and fails
+alone) keeps the current subscriptions, is logged once per outage, marks the feature
+``position_sync`` failing (``/health`` degraded) and is retried at the next interval.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable
 
@@ -17,6 +18,7 @@ import anyio
 from application.keep_connected import KeepConnected
 from application.status import ServiceStatus
 from domain.errors import PositionSourceError
+from domain.features import POSITION_SYNC
 from domain.subscriptions import SubscriptionPlan, plan_subscriptions, rank_symbols
 from ports.clock import Clock
 from ports.position_source import PositionSource
@@ -59,6 +61,14 @@ class SyncSubscriptions:
         self._trigger = anyio.Event()
         self._lock = anyio.Lock()
         self.syncs = 0
+        # Coalescing of requests (see request): syncs the loop started and finished, the last
+        # result, and an event set (then replaced) each time one finishes.
+        self._looping = False
+        self._started = 0
+        self._finished = 0
+        self._finished_event = anyio.Event()
+        self._last_plan: SubscriptionPlan | None = None
+        self._last_failure: PositionSourceError | None = None
 
     def trigger(self) -> None:
         """Ask for a sync as soon as possible (coalesced with one already due)."""
@@ -77,18 +87,37 @@ class SyncSubscriptions:
         async with self._lock:
             status = self._status
             failure: PositionSourceError | None = None
+            unexpected: Exception | None = None  # a bug, not an outage: its traceback is logged
             if self._positions is not None:
                 try:
                     self._held = await self._positions.open_position_symbols()
                 except PositionSourceError as e:
+                    failure = e
+                except Exception as e:
+                    # Position sync is optional: even a bug in its adapter fails alone (the
+                    # traceback is logged once per outage, below), prices flow on.
+                    failure = PositionSourceError(
+                        f"position source failed: {type(e).__name__}: {e}"
+                    )
+                    unexpected = e
+                if failure is not None:
                     # Plan with the last known positions: nothing is removed, and the static
                     # list is still subscribed when the source is down at start-up.
-                    failure = e
                     status.counters["position_sync_errors"] += 1
-                    status.last_sync_error = str(e)
-                    log.warning("positions unavailable, keeping current subscriptions: %s", e)
+                    status.last_sync_error = str(failure)
+                    if status.features.fail(POSITION_SYNC, str(failure)):
+                        log.error(
+                            "positions unavailable, keeping current subscriptions (prices are "
+                            "not affected; retried every sync): %s",
+                            failure,
+                            exc_info=unexpected,
+                        )
+                    else:
+                        log.debug("positions still unavailable: %s", failure)
             if failure is None:
                 status.last_sync_error = None
+                if status.features.recover(POSITION_SYNC):
+                    log.warning("positions readable again")
             static = self._static - status.rejected
             held = self._held - status.rejected
             current = self._connection.target
@@ -111,17 +140,52 @@ class SyncSubscriptions:
                 raise failure
             return plan
 
+    async def request(self) -> SubscriptionPlan:
+        """Sync soon and return that sync's plan (``POST /subscriptions/sync``). Coalesced: at
+        most one sync runs and one is pending, so any number of requests made while one runs
+        share the ONE sync that follows it (never a position read per request). Raises
+        :class:`PositionSourceError` like :meth:`sync_now`, also when the loop stops (no longer
+        leading) before that sync finished. Without the :meth:`run` loop, syncs here and now."""
+        if not self._looping:
+            return await self.sync_now()
+        wanted = self._started + 1  # the next sync to start: after the one running, if any
+        self.trigger()
+        while self._finished < wanted:
+            if not self._looping:
+                raise PositionSourceError("subscription sync stopped before it could run")
+            await self._finished_event.wait()
+        if self._last_failure is not None:
+            raise self._last_failure
+        assert self._last_plan is not None
+        return self._last_plan
+
+    async def _sync_round(self) -> None:
+        self._started += 1
+        try:
+            self._last_plan = await self.sync_now()
+            self._last_failure = None
+        except PositionSourceError as e:
+            self._last_failure = e
+        finally:
+            self._finished += 1
+            done, self._finished_event = self._finished_event, anyio.Event()
+            done.set()
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Sync once, report started, then every ``interval_s`` or when triggered, until
-        cancelled. Position-source failures are logged and retried; they never end the loop."""
-        with contextlib.suppress(PositionSourceError):
-            await self.sync_now()
-        task_status.started()
-        while True:
-            with anyio.move_on_after(self._interval_s):
-                await self._trigger.wait()
-            self._trigger = anyio.Event()
-            with contextlib.suppress(PositionSourceError):
-                await self.sync_now()
+        cancelled. Position-source failures are logged and retried; they never end the loop.
+        Triggers that arrive while a sync runs coalesce into one sync after it."""
+        self._looping = True
+        try:
+            await self._sync_round()
+            task_status.started()
+            while True:
+                with anyio.move_on_after(self._interval_s):
+                    await self._trigger.wait()
+                self._trigger = anyio.Event()
+                await self._sync_round()
+        finally:
+            self._looping = False
+            self._finished_event.set()  # waiting requests see the loop has stopped

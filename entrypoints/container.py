@@ -67,13 +67,16 @@ def make_replay_feed(settings: Settings, clock: Clock) -> QuoteFeed:
 def make_position_source(settings: Settings) -> PositionSource | None:
     if settings.position_source == "gateway":
         assert settings.positions_url is not None  # checked by Settings
-        return GatewayPositionSource(settings.positions_url)
+        return GatewayPositionSource(
+            settings.positions_url, max_calls_per_minute=settings.position_calls_per_minute
+        )
     if settings.position_source == "alpaca":
         assert settings.alpaca_api_key is not None and settings.alpaca_secret_key is not None
         return AlpacaPositionSource(
             settings.trading_url,
             settings.alpaca_api_key.get_secret_value(),
             settings.alpaca_secret_key.get_secret_value(),
+            max_calls_per_minute=settings.position_calls_per_minute,
         )
     return None
 

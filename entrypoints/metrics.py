@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from domain.connection import ConnectionState
-from domain.features import FEATURES
+from domain.features import FEATURES, METRICS, FeatureHealth
 
 if TYPE_CHECKING:
     from application.service import MarketDataService
@@ -146,6 +146,7 @@ class ServiceMetrics:
         self.namespace = namespace
         self.registry = CollectorRegistry(auto_describe=False)
         self._source = snapshot_source
+        self._features: FeatureHealth | None = None  # set by attach: where failures go
         self._latest = MetricsSnapshot()
         self.quote_age = Histogram(
             f"{namespace}_quote_age_seconds",
@@ -199,15 +200,33 @@ class ServiceMetrics:
             return dataclasses.replace(snapshot, symbols_without_fresh_price=unpriced)
 
         self.bind(read)
+        self._features = service.status.features
 
     def refresh_from(self, snapshot: MetricsSnapshot) -> None:
         """Export these values until the next refresh (used when no callback is bound)."""
         self._latest = snapshot
 
     def snapshot(self) -> MetricsSnapshot:
-        if self._source is not None:
-            self._latest = self._source()
-        return self._latest
+        """The counters now. When reading them fails, the last good snapshot (with
+        ``metrics`` marked failing): a scrape never fails, prices never notice."""
+        if self._source is None:
+            return self._latest
+        features = self._features
+        try:
+            latest = self._source()
+        except Exception as e:
+            if features is not None and features.fail(METRICS, f"scrape: {type(e).__name__}: {e}"):
+                log.exception("metrics: cannot read the counters; serving the last ones")
+            failing = self._latest.features_failing | {METRICS}
+            return dataclasses.replace(self._latest, features_failing=failing)
+        if features is not None and features.failing.get(METRICS, "").startswith("scrape:"):
+            features.recover(METRICS)
+            log.warning("metrics: counters readable again")
+            latest = dataclasses.replace(
+                latest, features_failing=latest.features_failing - {METRICS}
+            )
+        self._latest = latest
+        return latest
 
     # -- exposition ------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from application.leadership import LeaderElection
 from application.service import MarketDataService
 from domain.errors import FatalFeedError, FatalStoreError
 from entrypoints.container import Container
+from entrypoints.optional import serve_http_alone
 from entrypoints.settings import Settings, SettingsError, load_settings, unknown_variables
 
 log = logging.getLogger("mds")
@@ -181,11 +182,13 @@ async def run(
                     await tg.start(service.run)
                 await tg.start(fanout.run)
                 try:
+                    # The API fails alone: its server is restarted when it dies (optional.py).
                     urls = await tg.start(
-                        partial(serve_http, stuck_peer_timeout_s=settings.sse_send_timeout_s),
-                        app,
+                        serve_http_alone,
+                        partial(serve_http, app, stuck_peer_timeout_s=settings.sse_send_timeout_s),
                         settings.http_host,
                         settings.http_port,
+                        service.status.features,
                     )
                 except OSError as e:
                     address = f"{settings.http_host}:{settings.http_port}"

@@ -271,6 +271,17 @@ class Settings(BaseSettings):
             "`POST /subscriptions/sync` syncs at once)."
         ),
     )
+    position_calls_per_minute: float = Field(
+        default=20.0,
+        gt=0,
+        allow_inf_nan=False,
+        validation_alias="MDS_POSITION_CALLS_PER_MINUTE",
+        description=(
+            "Most calls a minute to the position source, retries included (bursts of up to "
+            "5). Alpaca's trading API allows 200 a minute per account, shared with trading; "
+            "sync requests that arrive while one runs are coalesced into one."
+        ),
+    )
 
     # -- cache -------------------------------------------------------------------------------------
     price_ttl_s: float = Field(

@@ -80,5 +80,5 @@ class ServiceViewAdapter:
     async def sync_now(self) -> SubscriptionsInfo:
         if self._service.status.role is Role.STANDBY:
             raise Unavailable("standby instance: the leader syncs subscriptions")
-        await self._service.sync.sync_now()
+        await self._service.sync.request()  # coalesced: one running, one pending
         return self.subscriptions()

@@ -21,6 +21,8 @@ Shared contract (both):
   that is not a finite number such as ``"NaN"``) is counted in ``skipped_rows`` and skipped.
   The rest of the answer is used; the same problem answered poll after poll is logged once.
   An answer whose rows are all malformed raises (it is unusable, not "no positions").
+- ``max_calls_per_minute`` caps the GETs (retries included) with a token bucket (burst 5):
+  a call over the cap waits for its turn (``MDS_POSITION_CALLS_PER_MINUTE``).
 - Cancellation propagates at once; nothing is left open except the client, which the ``async
   with`` block closes.
 - Credentials never appear in messages, logs or reprs; URLs are shown without user-info or query.
@@ -43,6 +45,7 @@ import httpx
 import orjson
 
 from domain.errors import InvalidSymbol, PositionSourceError
+from domain.ratelimit import TokenBucket
 from domain.symbols import validate_symbol
 
 log = logging.getLogger(__name__)
@@ -110,6 +113,7 @@ class _JsonGetter:
         wall_clock: Callable[[], float],
         redact: Iterable[str] = (),
         auth_hint: str | None = None,
+        max_calls_per_minute: float | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
@@ -134,6 +138,17 @@ class _JsonGetter:
         self._redact = tuple(s for s in redact if s)
         self._auth_hint = auth_hint
         self._client: httpx.AsyncClient | None = None
+        # Every GET (retries included) takes a token: calls stay under the cap whatever asks
+        # for them (Alpaca's 200 requests a minute are shared with the trading that uses the
+        # same keys). A burst of 5 keeps a single sync (and its retries) immediate.
+        self._limiter = (
+            TokenBucket(
+                max_calls_per_minute / 60.0, burst=max(1, min(5, int(max_calls_per_minute)))
+            )
+            if max_calls_per_minute is not None
+            else None
+        )
+        self.calls = 0
 
     async def open(self) -> None:
         if self._client is not None:
@@ -160,6 +175,7 @@ class _JsonGetter:
             raise RuntimeError(f"{self.what}: not open; use `async with source:`")
         attempts = self.retries + 1
         for attempt in range(attempts):
+            await self._within_rate()
             try:
                 body = await self._attempt_within_deadline(client)
             except _Retry as e:
@@ -171,7 +187,7 @@ class _JsonGetter:
                 delay = min(self.backoff_s * 2**attempt, MAX_BACKOFF_S)
                 if e.wait_s is not None:
                     delay = max(delay, min(e.wait_s, self.max_retry_wait_s))
-                log.warning(
+                log.debug(  # the outcome is logged once by the caller, not every attempt
                     "%s %s: %s; attempt %d of %d, retrying in %.2f s",
                     self.what,
                     safe_url(self.url),
@@ -189,6 +205,17 @@ class _JsonGetter:
                     f"{self.what} {safe_url(self.url)}: answer is not JSON ({e})"
                 ) from e
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _within_rate(self) -> None:
+        """Wait for the call cap (``max_calls_per_minute``), then count the call."""
+        limiter = self._limiter
+        if limiter is not None:
+            wait = limiter.wait_s(anyio.current_time())
+            if wait > 0:
+                log.debug("%s: %.2f s until the call cap allows the next call", self.what, wait)
+                await anyio.sleep(wait)
+            limiter.take(anyio.current_time())
+        self.calls += 1
 
     async def _attempt_within_deadline(self, client: httpx.AsyncClient) -> bytes:
         # httpx's timeouts bound each phase (connect, each read); this bounds the whole attempt,
@@ -462,6 +489,7 @@ class GatewayPositionSource(_OwnsHttpClient):
         headers: Mapping[str, str] | None = None,
         client_factory: ClientFactory | None = None,
         wall_clock: Callable[[], float] = time.time,
+        max_calls_per_minute: float | None = None,
     ) -> None:
         self._http = _JsonGetter(
             url=url,
@@ -475,6 +503,7 @@ class GatewayPositionSource(_OwnsHttpClient):
             client_factory=client_factory,
             wall_clock=wall_clock,
             redact=(headers or {}).values(),
+            max_calls_per_minute=max_calls_per_minute,
         )
         self.skipped_symbols = 0
         self.skipped_rows = 0
@@ -523,6 +552,7 @@ class AlpacaPositionSource(_OwnsHttpClient):
         asset_classes: frozenset[str] | None = frozenset({"us_equity"}),
         client_factory: ClientFactory | None = None,
         wall_clock: Callable[[], float] = time.time,
+        max_calls_per_minute: float | None = None,
     ) -> None:
         if not api_key or not secret_key:
             raise ValueError("AlpacaPositionSource needs both the API key and the secret key")
@@ -544,6 +574,7 @@ class AlpacaPositionSource(_OwnsHttpClient):
                 "check ALPACA_API_KEY / ALPACA_SECRET_KEY, and that paper keys go with the "
                 "paper URL and live keys with the live one (ALPACA_TRADING_URL)"
             ),
+            max_calls_per_minute=max_calls_per_minute,
         )
         self.skipped_symbols = 0
         self.skipped_rows = 0

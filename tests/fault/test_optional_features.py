@@ -7,13 +7,15 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import anyio
+import httpx
 import pytest
 
 from adapters.alpaca_compatible_server.config import ServerConfig
 from entrypoints.testbed.disk import small_disk
 from tests.conditions import wait_for
 from tests.e2e.service_process import ServiceProcess
-from tests.fault.helpers import alpaca_server, service_process
+from tests.fault.helpers import PositionsGateway, alpaca_server, service_process
 
 pytestmark = [pytest.mark.fault, pytest.mark.e2e]
 
@@ -87,3 +89,48 @@ async def test_recording_to_a_full_disk_fails_alone_and_resumes(tmp_path: Path) 
     assert code == 0
     assert log.count("recording stopped") == 1
     assert "Traceback" not in log
+
+
+async def test_500_sync_requests_make_at_most_two_gateway_calls(tmp_path: Path) -> None:
+    """``POST /subscriptions/sync`` x500 at once against a real process: requests that arrive
+    while a sync runs share the one that follows it, and the calls stay within
+    MDS_POSITION_CALLS_PER_MINUTE (default 20, bursts of 5): a handful, not 500 (before: 500
+    calls in 2.6 s). Every request is answered 200. (The exact "one running, one pending"
+    bound is pinned in virtual time: tests/application/test_optional_features.py.)"""
+    config = ServerConfig(rate=200, batch=10, bar_interval_s=None, seed=43)
+    gateway = PositionsGateway({"NVDA"})
+    async with alpaca_server(config) as server, anyio.create_task_group() as tg:
+        await gateway.up(tg)
+        async with service_process(
+            tmp_path,
+            server,
+            None,
+            MDS_SYMBOLS="AAPL",
+            MDS_POSITION_SOURCE="gateway",
+            MDS_POSITIONS_URL=gateway.url,
+            MDS_POSITION_SYNC_INTERVAL="300",
+        ) as service:
+            await service.wait_health(
+                lambda h: h["status"] == "healthy" and h["subscribed_symbols"] == 2
+            )
+            before = gateway.requests
+            started = anyio.current_time()
+            codes: list[int] = []
+            limits = httpx.Limits(max_connections=500)
+            async with httpx.AsyncClient(
+                base_url=service.http, timeout=30, limits=limits
+            ) as client:
+
+                async def sync() -> None:
+                    codes.append((await client.post("/subscriptions/sync")).status_code)
+
+                async with anyio.create_task_group() as requests:
+                    for _ in range(500):
+                        requests.start_soon(sync)
+            calls = gateway.requests - before
+            took = anyio.current_time() - started
+        gateway.down()
+        tg.cancel_scope.cancel()
+    print(f"\n500 POST /subscriptions/sync: {calls} gateway calls in {took:.1f} s")
+    assert codes.count(200) == 500, sorted(set(codes))
+    assert calls <= 5 + took * 20 / 60 + 1  # the burst, the sustained cap, one in flight

@@ -35,9 +35,10 @@ async def test_position_source_down_for_several_cycles_keeps_subscriptions_then_
 ) -> None:
     """Positions are polled every second from a gateway holding NVDA (plus MDS_SYMBOLS=AAPL).
     The gateway then answers HTTP 500 for two sync cycles and is down (connection refused)
-    for two more: the subscriptions stay exactly as they were, /health stays healthy, the
-    failures are counted and reported in /subscriptions. The gateway comes back holding TSLA
-    too: TSLA is subscribed at the venue at the next cycle, NVDA kept."""
+    for two more: the subscriptions stay exactly as they were, the stream stays connected,
+    /health says degraded naming position_sync (the feature fails alone), the failures are
+    counted and reported in /subscriptions. The gateway comes back holding TSLA too: TSLA is
+    subscribed at the venue at the next cycle, NVDA kept, /health healthy again."""
     gateway = PositionsGateway({"NVDA"})
     async with alpaca_server(STREAM) as server, anyio.create_task_group() as tg:
         await gateway.up(tg)
@@ -49,6 +50,7 @@ async def test_position_source_down_for_several_cycles_keeps_subscriptions_then_
             MDS_POSITION_SOURCE="gateway",
             MDS_POSITIONS_URL=gateway.url,
             MDS_POSITION_SYNC_INTERVAL="1",
+            MDS_POSITION_CALLS_PER_MINUTE="600",  # a poll a second, 3 attempts each
         ) as service:
             await service.wait_health(
                 lambda h: h["status"] == "healthy" and h["subscribed_symbols"] == 2
@@ -64,8 +66,16 @@ async def test_position_source_down_for_several_cycles_keeps_subscriptions_then_
                         assert now["confirmed"] == before["confirmed"], now
                         assert now["desired"] == before["desired"], now
                         health = await service.health()
-                        assert health is not None and health["status"] == "healthy", health
+                        # Position sync fails alone: prices flow, /health says degraded and
+                        # why (issue 11), nothing else is wrong.
+                        assert health is not None and health["websocket_connected"], health
+                        assert health["status"] == "healthy" or (
+                            health["status"] == "degraded"
+                            and "position_sync failing" in str(health["detail"])
+                        ), health
                         await anyio.sleep(0.1)  # poll interval; fail_after bounds it
+                health = await service.health()
+                assert health is not None and health["status"] == "degraded", health
 
             gateway.status = 500
             await failing_cycles_keep_everything(2)
@@ -82,6 +92,7 @@ async def test_position_source_down_for_several_cycles_keeps_subscriptions_then_
                 return (await subscriptions(service))["confirmed"] == ["AAPL", "NVDA", "TSLA"]
 
             await wait_for(tsla_confirmed, timeout_s=10, step_s=0.05)
+            await service.wait_health(lambda h: h["status"] == "healthy", timeout_s=5)
             with anyio.fail_after(5):
                 await server.wait_until(
                     lambda: any(

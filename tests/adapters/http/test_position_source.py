@@ -480,3 +480,24 @@ async def test_alpaca_other_errors_redact_the_keys() -> None:
         with pytest.raises(PositionSourceError, match="HTTP 422") as info:
             await fetch(alpaca())
     assert SECRET not in str(info.value)
+
+
+async def test_calls_are_capped_per_minute_retries_included() -> None:
+    """MDS_POSITION_CALLS_PER_MINUTE=20 (burst 5): 30 reads take 5 at once, then one every
+    3 s; a retry takes a call of the budget too (Alpaca's 200/min are shared with trading)."""
+    source = alpaca(max_calls_per_minute=20)
+    with respx.mock:
+        route = respx.get(f"{ALPACA}/v2/positions").mock(
+            return_value=httpx.Response(200, json=[{"symbol": "AAPL", "qty": "1"}])
+        )
+        async with source:
+            start = anyio.current_time()
+            for _ in range(30):
+                assert await source.open_position_symbols() == {"AAPL"}
+            assert anyio.current_time() - start == pytest.approx(25 * 3.0)
+            assert route.call_count == 30
+            route.mock(side_effect=[httpx.Response(500), httpx.Response(200, json=[])])
+            start = anyio.current_time()
+            assert await source.open_position_symbols() == frozenset()
+            # two calls, 3 s apart by the cap (more than the 0.5 s retry backoff)
+            assert anyio.current_time() - start == pytest.approx(2 * 3.0)
