@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from domain.backoff import BackoffPolicy, ReconnectBackoff
@@ -56,10 +56,40 @@ def test_capacity_rule_positions_then_current_then_alphabetical() -> None:
     assert plan.left_out == ("BBB",)
 
 
+def test_left_out_is_sorted_alphabetically_not_in_rank_order() -> None:
+    # Ranked: held ZZZ, YYY first, then current DDD, then AAA...; capacity 2 keeps ZZZ, YYY.
+    plan = plan_subscriptions({"ZZZ", "YYY"}, {"DDD", "AAA", "CCC"}, {"DDD"}, capacity=2)
+    assert plan.target == {"YYY", "ZZZ"}
+    assert plan.left_out == ("AAA", "CCC", "DDD")  # rank order would be DDD, AAA, CCC
+
+
+def test_capacity_0_subscribes_nothing_and_leaves_everything_out() -> None:
+    # 0 is a real capacity here (MDS_SYMBOL_LIMIT=0 becomes None, "unlimited", in settings).
+    plan = plan_subscriptions({"AAPL"}, {"SPY", "MSFT"}, {"SPY"}, capacity=0)
+    assert plan.target == frozenset()
+    assert plan.to_remove == {"SPY"} and plan.to_add == frozenset()
+    assert plan.left_out == ("AAPL", "MSFT", "SPY")
+
+
+def test_capacity_none_is_unlimited() -> None:
+    symbols = {f"S{i:02d}" for i in range(50)}
+    plan = plan_subscriptions(symbols, set(), set(), capacity=None)
+    assert plan.target == symbols and plan.left_out == ()
+
+
+def test_a_negative_capacity_is_refused() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        plan_subscriptions({"A"}, set(), set(), capacity=-1)
+
+
 symbol_sets = st.frozensets(st.sampled_from([f"S{i}" for i in range(40)]), max_size=40)
 
 
 @given(symbol_sets, symbol_sets, symbol_sets, st.none() | st.integers(0, 45))
+@example(frozenset({"S1"}), frozenset({"S2"}), frozenset({"S2"}), 0)  # capacity 0: nothing kept
+@example(frozenset(), frozenset(), frozenset({"S1"}), None)  # nothing desired: remove all
+@example(frozenset({"S1", "S2"}), frozenset({"S3"}), frozenset(), 1)  # held beat watched
+@example(frozenset({"S1"}), frozenset({"S1"}), frozenset(), 45)  # held and watched: once
 def test_diff_properties(
     held: frozenset[str], static: frozenset[str], current: frozenset[str], cap: int | None
 ) -> None:
@@ -74,6 +104,9 @@ def test_diff_properties(
         assert len(plan.target) == min(cap, len(desired))
         # A held symbol never loses to one that is only watched.
         assert not (set(plan.left_out) & held and plan.target - held)
+        assert list(plan.left_out) == sorted(plan.left_out)
+    else:
+        assert plan.left_out == () and plan.target == desired
     assert plan == plan_subscriptions(held, static, current, cap)  # deterministic
 
 

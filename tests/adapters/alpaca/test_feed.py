@@ -19,6 +19,7 @@ from domain.errors import (
     FeedDisconnected,
     FeedStalled,
     FeedUnavailable,
+    RetryableFeedError,
     SymbolsRejected,
 )
 from domain.market import Channel, MarketEvent, Quote, Subscriptions, Trade
@@ -145,6 +146,23 @@ async def test_other_plan_errors_are_fatal(code: int) -> None:
                 async with make_feed(server.url).connect():
                     pass
     assert caught.value.code == code
+
+
+async def test_412_stream_needs_msgpack_is_fatal_and_never_retried() -> None:
+    """Alpaca 412 ("option not supported": a stream, e.g. options, that speaks only msgpack)
+    cannot be fixed by reconnecting: it must stop the service, never back off and retry."""
+    with trio.fail_after(GUARD_S):
+        async with fake_alpaca(Script(auth_error=412)) as server:
+            feed = make_feed(server.url)
+            with pytest.raises(FatalFeedError) as caught:
+                async with feed.connect():
+                    pytest.fail("must not get a session")
+            assert server.upgrade_attempts == 1
+    assert not isinstance(caught.value, RetryableFeedError)
+    assert caught.value.code == 412
+    assert caught.value.setting == "ALPACA_STREAM_URL"
+    assert "msgpack" in str(caught.value)
+    assert feed.stats.errors_by_code[412] == 1
 
 
 async def test_406_connection_limit_is_retryable_with_a_minimum_delay() -> None:
@@ -386,6 +404,32 @@ async def test_400_on_subscribe_rejects_those_symbols_and_logs_the_message(
     assert len(errors) == 1
     assert '{"action":"subscribe","quotes":["AAPL","BAD$"]}' in errors[0]
     assert feed.stats.errors_by_code[400] == 1
+
+
+async def test_410_on_subscribe_rejects_those_symbols_and_the_session_goes_on() -> None:
+    """Alpaca 410 ("invalid subscribe action for this feed", e.g. a channel the feed does not
+    carry): the pending change fails with SymbolsRejected(code=410), nothing fatal, no drop."""
+
+    async def refuse_once(conn: ServerConnection, action: dict[str, Any]) -> bool:
+        if action.get("action") == "subscribe" and "TSLA" in action.get("quotes", []):
+            await conn.send_error(410, "invalid subscribe action for this feed")
+            return True
+        return False
+
+    with trio.fail_after(GUARD_S):
+        async with fake_alpaca(Script(on_action=refuse_once)) as server:
+            feed = make_feed(server.url)
+            async with feed.connect() as session:
+                with pytest.raises(SymbolsRejected) as caught:
+                    await session.subscribe(Subscriptions.quotes({"TSLA", "AAPL"}))
+                assert caught.value.code == 410
+                assert not caught.value.limit_exceeded
+                assert caught.value.symbols == {"TSLA", "AAPL"}
+                ack = await session.subscribe(Subscriptions.quotes({"AAPL"}))
+                assert ack.confirmed.symbols() == {"AAPL"}
+                await server.last.send([quote("AAPL")])
+                assert [e.symbol for e in await next_batch(session.events())] == ["AAPL"]
+    assert feed.stats.errors_by_code[410] == 1
 
 
 async def test_400_on_auth_is_fatal_and_the_logged_message_is_redacted(logs: LogRecords) -> None:
