@@ -24,10 +24,18 @@ This root conftest runs async tests on trio with the real clock; ``tests/applica
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from domain.price import Price
 from tests.price_contract import validating_from_json
+
+# scripts/mutation.sh runs the fast tiers once per mutant: fewer, reproducible examples there
+# (the explicit @examples still run), so a verdict does not depend on what hypothesis drew.
+settings.register_profile("mutation", max_examples=30, derandomize=True, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture
