@@ -25,6 +25,8 @@ import anyio
 import anyio.abc
 
 from domain.price import Price
+from domain.staleness import DEFAULT_MAX_FUTURE_SKEW_S, future_limit_ns, skew_ns
+from ports.clock import Clock
 from ports.event_bus import EventBus
 from ports.price_cache import PriceCache
 
@@ -106,8 +108,14 @@ class PriceFanOut:
         retry_base_s: float = 0.5,
         retry_cap_s: float = 5.0,
         all_symbols: Callable[[], Collection[str]] = frozenset,
+        clock: Clock | None = None,
+        max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
     ) -> None:
+        """With ``clock``, an initial image stamped more than ``max_future_skew_s`` ahead of
+        it is not offered: it would hold back every real update of its symbol."""
         self._bus = bus
+        self._clock = clock
+        self._max_future_skew_ns = skew_ns(max_future_skew_s)
         self._all_symbols = all_symbols
         self._cache = cache
         self._max_clients = max_clients
@@ -163,9 +171,12 @@ class PriceFanOut:
         except (ConnectionError, OSError) as e:
             log.warning("price fan-out: no initial image (cache unavailable: %s)", e)
             return
+        limit = None
+        if self._clock is not None:
+            limit = future_limit_ns(self._clock.now_ns(), self._max_future_skew_ns)
         for symbol in wanted:
             price = found.get(symbol)
-            if price is not None:
+            if price is not None and (limit is None or price.ts_event_ns <= limit):
                 client.offer(price)
 
     def _want(self) -> tuple[frozenset[str], bool]:

@@ -23,6 +23,7 @@ from application.sync_subscriptions import SyncSubscriptions
 from domain.backoff import BackoffPolicy
 from domain.errors import FatalFeedError, FatalStoreError, PositionSourceError
 from domain.features import FeatureHealth
+from domain.staleness import DEFAULT_MAX_FUTURE_SKEW_S
 from domain.subscriptions import SubscriptionPlan
 from ports.clock import Clock
 from ports.event_bus import POSITIONS_CHANGED_CHANNEL, EventBus
@@ -42,6 +43,7 @@ class ServiceConfig:
     listen_for_position_changes: bool = True
     shutdown_flush_s: float = 1.5
     max_pending: int = 50_000
+    max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
     source: str = ""
     """The feed's name, published as the price's ``exchange`` (``IEX``, ``SIP``, ``SIM``...)."""
 
@@ -76,6 +78,7 @@ class MarketDataService:
             observer=observer,
             max_pending=config.max_pending,
             source=config.source,
+            max_future_skew_s=config.max_future_skew_s,
         )
         self.connection = KeepConnected(
             feed,

@@ -9,6 +9,9 @@ from enum import StrEnum
 from domain.connection import ConnectionState, ConnectionStateMachine
 from domain.features import FeatureHealth
 
+FUTURE_REFUSAL_DEGRADED_S = 10.0
+"""How long /health stays degraded after a quote was refused as stamped in the future."""
+
 
 class StoreState(StrEnum):
     OK = "ok"
@@ -32,7 +35,8 @@ class ServiceStatus:
 
     Counters (``counters``): ``quotes``, ``trades``, ``bars``, ``other_events``,
     ``no_mid_empty_bid``, ``no_mid_empty_ask``, ``no_mid_crossed``, ``prices`` (computed),
-    ``prices_written``, ``published``, ``conflated``, ``refused_older``, ``dropped``,
+    ``prices_written``, ``published``, ``conflated``, ``refused_older``, ``refused_future``
+    (stamped more than MDS_MAX_FUTURE_SKEW ahead of their receive time), ``dropped``,
     ``cache_write_errors``, ``position_sync_errors``, ``symbols_rejected``.
     """
 
@@ -54,6 +58,10 @@ class ServiceStatus:
     last_sync_error: str | None = None
     pending_writes: int = 0
     counters: Counter[str] = field(default_factory=Counter)
+    # The last quote refused as stamped in the future (what and when, monotonic): /health says
+    # degraded for FUTURE_REFUSAL_DEGRADED_S after it.
+    last_future_refusal: str | None = None
+    last_future_refused_at: float | None = None
     # Optional features failing alone (recording, metrics, HTTP API, position sync): prices
     # flow on, health says degraded with the reason.
     features: FeatureHealth = field(default_factory=FeatureHealth)
@@ -85,6 +93,16 @@ class ServiceStatus:
         if not self.connected or self.store is not StoreState.OK or self.features.failing:
             return Health.DEGRADED
         return Health.HEALTHY
+
+    def future_refusal_detail(self, now: float) -> str | None:
+        """Why /health is degraded by future-stamped quotes, while the last one is recent."""
+        at = self.last_future_refused_at
+        if at is None or now - at > FUTURE_REFUSAL_DEGRADED_S:
+            return None
+        return (
+            f"{self.counters['refused_future']} quotes refused as stamped in the future "
+            f"(last: {self.last_future_refusal})"
+        )
 
     def uptime_s(self, now: float) -> float:
         return now - self.started_at

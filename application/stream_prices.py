@@ -33,6 +33,8 @@ from application.status import ServiceStatus, StoreState
 from domain.features import METRICS
 from domain.market import MarketEvent, Quote, Trade
 from domain.price import NoMid, Price, price_from_quote
+from domain.staleness import DEFAULT_MAX_FUTURE_SKEW_S, skew_ns
+from domain.timestamps import NS_PER_SECOND, format_ns
 from ports.clock import Clock
 from ports.event_bus import EventBus
 from ports.price_cache import PriceCache
@@ -80,10 +82,16 @@ class StreamMidPrices:
         retry_base_s: float = 0.05,
         retry_cap_s: float = 0.5,
         source: str = "",
+        max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
     ) -> None:
-        """``source`` names the feed; every price carries it as ``exchange``."""
+        """``source`` names the feed; every price carries it as ``exchange``. A quote stamped
+        more than ``max_future_skew_s`` ahead of its receive time is refused (see
+        :mod:`domain.staleness`)."""
         if max_pending < 1 or max_batch < 1:
             raise ValueError("max_pending and max_batch must be >= 1")
+        if not max_future_skew_s > 0:
+            raise ValueError(f"max_future_skew_s must be > 0, got {max_future_skew_s!r}")
+        self._max_future_skew_ns = skew_ns(max_future_skew_s)
         self._cache = cache
         self._bus = bus
         self._clock = clock
@@ -111,11 +119,18 @@ class StreamMidPrices:
         queued = 0
         quotes = 0
         source = self._source
+        max_skew_ns = self._max_future_skew_ns
         for event in events:
             if type(event) is not Quote:
                 counters["trades" if type(event) is Trade else "other_events"] += 1
                 continue
             quotes += 1
+            # domain.staleness.too_far_ahead(ts_event, ts_received, skew), inlined: this loop
+            # runs for every quote. Refused before anything else: never cached, published, nor
+            # used by the ordering guard below (which it would freeze until restart).
+            if event.ts_event_ns - event.ts_received_ns > max_skew_ns:
+                self._refuse_future(event)
+                continue
             result = price_from_quote(event, source)
             if isinstance(result, NoMid):
                 counters[_NO_MID_COUNTER[result]] += 1
@@ -140,6 +155,24 @@ class StreamMidPrices:
                 self._start_conflating()
             self._wakeup.set()
         self._status.pending_writes = len(self._queue) + len(self._latest)
+
+    def _refuse_future(self, quote: Quote) -> None:
+        """Count a quote stamped too far ahead and remember it for ``/health`` (rare path)."""
+        status = self._status
+        status.counters["refused_future"] += 1
+        ahead_s = (quote.ts_event_ns - quote.ts_received_ns) / NS_PER_SECOND
+        status.last_future_refusal = (
+            f"{quote.symbol} stamped {format_ns(quote.ts_event_ns)}, {ahead_s:.3f} s ahead of "
+            "its receive time"
+        )
+        first = status.last_future_refused_at is None
+        status.last_future_refused_at = self._clock.monotonic()
+        if first:
+            log.warning(
+                "refusing quotes stamped more than %g s in the future (MDS_MAX_FUTURE_SKEW): %s",
+                self._max_future_skew_ns / NS_PER_SECOND,
+                status.last_future_refusal,
+            )
 
     def _start_conflating(self) -> None:
         """Collapse the queue to the latest price per symbol (order of last update kept)."""

@@ -98,6 +98,7 @@ def service_config(settings: Settings) -> ServiceConfig:
         static_symbols=settings.symbols,
         sync_interval_s=settings.position_sync_interval_s,
         symbol_limit=settings.symbol_limit,
+        max_future_skew_s=settings.max_future_skew_s,
         backoff=BackoffPolicy(
             base_s=settings.reconnect_base_delay_s,
             cap_s=settings.reconnect_max_delay_s,
@@ -127,7 +128,10 @@ class Container(containers.DeclarativeContainer):
 
     # The embedded default; entrypoints.service overrides both with Redis when REDIS_URL is set.
     cache: providers.Provider[PriceCache] = providers.Singleton(
-        InMemoryPriceCache, clock, ttl_s=settings.provided.price_ttl_s
+        InMemoryPriceCache,
+        clock,
+        ttl_s=settings.provided.price_ttl_s,
+        max_future_skew_s=settings.provided.max_future_skew_s,
     )
     bus: providers.Provider[EventBus] = providers.Singleton(InMemoryEventBus, keep=1_000)
 

@@ -72,6 +72,7 @@ class MetricsSnapshot:
     prices_published: int = 0
     conflated: int = 0
     refused_older: int = 0
+    refused_future: int = 0
     dropped: int = 0
     no_mid_by_reason: Mapping[str, int] = field(default_factory=dict)
     cache_write_errors: int = 0
@@ -117,6 +118,7 @@ class MetricsSnapshot:
             prices_published=c["published"],
             conflated=c["conflated"],
             refused_older=c["refused_older"],
+            refused_future=c["refused_future"],
             dropped=c["dropped"],
             no_mid_by_reason={r: c[f"no_mid_{r}"] for r in NO_MID_REASONS},
             cache_write_errors=c["cache_write_errors"],
@@ -307,6 +309,11 @@ class _SnapshotCollector(Collector):
         )
         yield counter(
             "refused_older", "Prices not applied: older than the cached one.", s.refused_older
+        )
+        yield counter(
+            "refused_future",
+            "Quotes refused: stamped more than MDS_MAX_FUTURE_SKEW ahead of their receive time.",
+            s.refused_future,
         )
         yield counter("dropped", "Prices dropped because the write queue was full.", s.dropped)
         no_mid = CounterMetricFamily(

@@ -71,6 +71,7 @@ async def open_store(container: Container, settings: Settings) -> AsyncIterator[
         sentinels=[str(s) for s in settings.redis_sentinels],
         master_name=settings.redis_master,
         ttl_s=settings.price_ttl_s,
+        max_future_skew_s=settings.max_future_skew_s,
     ) as store:
         with (
             container.cache.override(providers.Object(store.cache)),
@@ -147,7 +148,12 @@ async def run(
         metrics = ServiceMetrics()
         stack.enter_context(container.observer.override(providers.Object(metrics)))
         service = container.service()
-        view = ServiceViewAdapter(service, store=store.name, max_age_s=settings.price_ttl_s)
+        view = ServiceViewAdapter(
+            service,
+            store=store.name,
+            max_age_s=settings.price_ttl_s,
+            max_future_skew_s=settings.max_future_skew_s,
+        )
         metrics.attach(service)
         status = service.status
         fanout = PriceFanOut(
@@ -155,6 +161,8 @@ async def run(
             service.cache,
             max_clients=settings.sse_max_clients,
             all_symbols=lambda: status.confirmed or status.desired,
+            clock=service.clock,
+            max_future_skew_s=settings.max_future_skew_s,
         )
         token = settings.http_token.get_secret_value() if settings.http_token else None
         options = HttpOptions(

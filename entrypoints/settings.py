@@ -292,6 +292,20 @@ class Settings(BaseSettings):
         description="Lifetime of `price:{SYMBOL}` after its last write; also the stale age.",
     )
 
+    max_future_skew_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        validation_alias="MDS_MAX_FUTURE_SKEW",
+        description=(
+            "A quote stamped more than this many seconds ahead of its receive time is refused "
+            "and counted (`mds_refused_future_total`, `/health` detail): never cached, "
+            "published, nor used to order later quotes. A cached price stamped that far ahead "
+            "is stale and overwritten by the next real quote."
+        ),
+    )
+
     # -- connection --------------------------------------------------------------------------------
     reconnect_base_delay_s: float = Field(
         default=5.0,

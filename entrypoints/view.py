@@ -6,16 +6,24 @@ from collections.abc import Mapping, Sequence
 
 from application.service import MarketDataService
 from application.status import Health, Role, StoreState
-from domain.staleness import AgedPrice
+from domain.staleness import DEFAULT_MAX_FUTURE_SKEW_S, AgedPrice
 from domain.timestamps import format_ns
 from entrypoints.http_api import HealthInfo, RedisState, SubscriptionsInfo, Unavailable
 
 
 class ServiceViewAdapter:
-    def __init__(self, service: MarketDataService, *, store: str, max_age_s: float) -> None:
+    def __init__(
+        self,
+        service: MarketDataService,
+        *,
+        store: str,
+        max_age_s: float,
+        max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
+    ) -> None:
         self._service = service
         self._store = store
         self._max_age_s = max_age_s
+        self._max_future_skew_s = max_future_skew_s
 
     def _redis_state(self) -> RedisState:
         if self._store == "memory":
@@ -47,6 +55,11 @@ class ServiceViewAdapter:
         failing = status.features.detail()
         if failing is not None:
             detail = failing if detail is None else f"{detail}; {failing}"
+        future = status.future_refusal_detail(self._service.clock.monotonic())
+        if future is not None:
+            detail = future if detail is None else f"{detail}; {future}"
+            if health is Health.HEALTHY:
+                health = Health.DEGRADED
         last = status.last_message_ns
         return HealthInfo(
             status=health.value,
@@ -65,7 +78,8 @@ class ServiceViewAdapter:
     async def get_prices(self, symbols: Sequence[str]) -> Mapping[str, AgedPrice]:
         prices = await self._service.cache.get_many(symbols)
         now = self._service.clock.now_ns()
-        return {s: AgedPrice.at(p, now, self._max_age_s) for s, p in prices.items()}
+        skew = self._max_future_skew_s
+        return {s: AgedPrice.at(p, now, self._max_age_s, skew) for s, p in prices.items()}
 
     def subscriptions(self) -> SubscriptionsInfo:
         status = self._service.status

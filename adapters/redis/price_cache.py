@@ -5,8 +5,9 @@ TTL of ``ttl_s``; each price is encoded once and the same bytes go to the cache 
 
 **Checked write, one round trip.** ``put_many`` runs one Lua script per batch (standalone and
 Sentinel; per node in a cluster) that, for every price in order, writes ``SET key json PX ttl``
-only when the cached value is absent, unreadable, or not newer (fixed-width ISO timestamps
-compare as text), and returns which were applied. With ``publish=True`` the script also
+only when the cached value is absent, unreadable, not newer (fixed-width ISO timestamps
+compare as text), or stamped more than ``max_future_skew_s`` ahead of our clock (untrusted: it
+must not freeze the symbol), and returns which were applied. With ``publish=True`` the script also
 ``PUBLISH``es every applied price on ``price.updated.{SYMBOL}`` in the same call, so write and
 publish are one atomic server-side step and one network round trip.
 
@@ -28,8 +29,9 @@ map is refreshed and the batch retried once). Applied prices are then published 
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import cache
 from importlib import resources
 
@@ -41,6 +43,7 @@ from adapters.redis import _redispy, sharded
 from adapters.redis.connection import RedisConnection, as_bytes_list
 from adapters.redis.sharded import is_topology_error
 from domain.price import Price
+from domain.staleness import DEFAULT_MAX_FUTURE_SKEW_S, future_limit_ns, skew_ns
 from domain.timestamps import format_ns
 from ports.event_bus import PRICE_CHANNEL_PREFIX
 
@@ -115,9 +118,14 @@ class RedisPriceCache:
         key_prefix: str = DEFAULT_KEY_PREFIX,
         channel_prefix: str = PRICE_CHANNEL_PREFIX,
         publish: bool = False,
+        max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
+        now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         if ttl_s < 0.001:
             raise ValueError(f"ttl_s must be at least 1 ms, got {ttl_s}")
+        # A cached value stamped beyond now + this skew is overwritten (see put_prices.lua).
+        self._max_future_skew_ns = skew_ns(max_future_skew_s)
+        self._now_ns = now_ns
         self._conn = connection
         self._ttl_s = ttl_s
         self._ttl_ms = str(round(ttl_s * 1000))
@@ -195,6 +203,7 @@ class RedisPriceCache:
             "1" if publish else "0",
             self._prefix_len,
             self.channel_prefix,
+            format_ns(future_limit_ns(self._now_ns(), self._max_future_skew_ns)),
             *pairs,
         ]
 
@@ -243,7 +252,7 @@ class RedisPriceCache:
                 group, [payloads[i] for i in indexes], [stamps[i] for i in indexes], False
             )
             # No declared keys: the key count and keys ride in ARGV (see put_prices.lua).
-            argv = [*args[:4], len(keys), *keys, *args[4:]]
+            argv = [*args[:5], len(keys), *keys, *args[5:]]
             reply = self._conn.evalsha(node_client, self._cluster_sha, 0, argv)
             for i, flag in zip(indexes, _flags(reply, len(indexes)), strict=True):
                 flags[i] = flag

@@ -8,22 +8,27 @@
 -- published on <channel prefix><symbol> with the same bytes (when asked to), in order, after
 -- every key is written.
 --
+-- A cached timestamp newer than the future limit (the caller's clock plus MDS_MAX_FUTURE_SKEW,
+-- same text form) is not trusted: that value is replaceable like an absent one, so a price
+-- stamped in the future (written by anything) cannot freeze its symbol.
+--
 -- ARGV[1] ttl in ms, ARGV[2] "1" to PUBLISH applied prices, ARGV[3] length of the key prefix,
--- ARGV[4] channel prefix. Keys: KEYS[1..n] (standalone/Sentinel), or, when no KEYS are declared
--- (cluster, one call per node with the flag allow-cross-slot-keys), ARGV[5] = n followed by
--- the n keys. Then n pairs (json, timestamp).
+-- ARGV[4] channel prefix, ARGV[5] the future limit. Keys: KEYS[1..n] (standalone/Sentinel), or,
+-- when no KEYS are declared (cluster, one call per node with the flag allow-cross-slot-keys),
+-- ARGV[6] = n followed by the n keys. Then n pairs (json, timestamp).
 -- Returns a string of n characters, "1" applied / "0" refused as older.
 local ttl = ARGV[1]
 local publish = ARGV[2] == '1'
 local prefix_len = tonumber(ARGV[3])
 local channel_prefix = ARGV[4]
+local future_limit = ARGV[5]
 local keys = KEYS
-local base = 4
+local base = 5
 if #KEYS == 0 then
-  local n = tonumber(ARGV[5])
+  local n = tonumber(ARGV[6])
   keys = {}
-  for i = 1, n do keys[i] = ARGV[5 + i] end
-  base = 5 + n
+  for i = 1, n do keys[i] = ARGV[6 + i] end
+  base = 6 + n
 end
 local flags = {}
 -- Per key within this batch: the newest timestamp known (cached or applied), and the index of
@@ -34,10 +39,13 @@ local last_applied = {}
 local applied = {}
 local channels = {}
 local function stamp_of(current)
-  -- The cached record's timestamp ('' when absent, not a string, or without one).
+  -- The cached record's timestamp ('' when absent, not a string, without one, or stamped
+  -- beyond the future limit: then it orders nothing and is overwritten).
   if type(current) ~= 'string' then return '' end
   local _, e = string.find(current, '"timestamp":"', 1, true)
-  return e and string.match(current, '^[^"]+', e + 1) or ''
+  local stamp = e and string.match(current, '^[^"]+', e + 1) or ''
+  if stamp > future_limit then return '' end
+  return stamp
 end
 if #KEYS > 0 then
   -- Standalone/Sentinel: read every distinct key with one MGET per 1000 keys (a value of

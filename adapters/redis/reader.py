@@ -39,7 +39,7 @@ from adapters.redis.connection import RedisConnection, RedisMode, RedisOptions
 from adapters.redis.event_bus import RedisEventBus
 from adapters.redis.price_cache import DEFAULT_KEY_PREFIX, RedisPriceCache
 from domain.price import Price
-from domain.staleness import DEFAULT_MAX_AGE_S, AgedPrice
+from domain.staleness import DEFAULT_MAX_AGE_S, DEFAULT_MAX_FUTURE_SKEW_S, AgedPrice
 from domain.symbols import normalize_symbol
 from ports.event_bus import PRICE_CHANNEL_PREFIX
 
@@ -64,6 +64,7 @@ class PriceReader:
         sentinels: Sequence[str | tuple[str, int]] = (),
         master_name: str | None = None,
         max_age_s: float = DEFAULT_MAX_AGE_S,
+        max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         channel_prefix: str = PRICE_CHANNEL_PREFIX,
         buffer: int = 10_000,
@@ -86,6 +87,7 @@ class PriceReader:
             self._conn, channel_prefix=channel_prefix, key_prefix=key_prefix, buffer=buffer
         )
         self.max_age_s = max_age_s
+        self.max_future_skew_s = max_future_skew_s
         self._now_ns = now_ns
 
     def __repr__(self) -> str:
@@ -93,7 +95,8 @@ class PriceReader:
 
     def _age(self, prices: dict[str, Price]) -> dict[str, AgedPrice]:
         now = self._now_ns()
-        return {s: AgedPrice.at(p, now, self.max_age_s) for s, p in prices.items()}
+        skew = self.max_future_skew_s
+        return {s: AgedPrice.at(p, now, self.max_age_s, skew) for s, p in prices.items()}
 
     async def get(self, symbol: str) -> AgedPrice | None:
         """The cached price of ``symbol`` (normalised: ``brk.b`` finds ``BRK.B``) with its age,

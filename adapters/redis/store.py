@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from adapters.redis.connection import RedisConnection, RedisMode, RedisOptions
 from adapters.redis.event_bus import RedisEventBus
 from adapters.redis.price_cache import DEFAULT_KEY_PREFIX, DEFAULT_TTL_S, RedisPriceCache
+from domain.staleness import DEFAULT_MAX_FUTURE_SKEW_S
 from ports.event_bus import PRICE_CHANNEL_PREFIX
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ async def open_redis_store(
     require_connection: bool = False,
     options: RedisOptions | None = None,
     subscriber_buffer: int = 10_000,
+    max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
 ) -> AsyncIterator[RedisPriceStore]:
     """Build the client, check connectivity, yield the store, close every connection on exit.
 
@@ -75,6 +77,7 @@ async def open_redis_store(
             key_prefix=key_prefix,
             channel_prefix=channel_prefix,
             publish=publish_in_cache,
+            max_future_skew_s=max_future_skew_s,
         )
         bus = RedisEventBus(
             connection,

@@ -9,9 +9,11 @@ import pytest
 
 from adapters.clock import VirtualClock
 from adapters.memory import InMemoryEventBus, InMemoryPriceCache
-from application.status import ServiceStatus, StoreState
+from application.status import FUTURE_REFUSAL_DEGRADED_S, ServiceStatus, StoreState
 from application.stream_prices import StreamMidPrices
+from domain.market import Quote
 from domain.price import Price
+from domain.staleness import skew_ns, too_far_ahead
 from tests.application.helpers import T0, eventually, quote
 
 
@@ -218,8 +220,10 @@ async def test_a_wholly_refused_run_of_writes_is_explained_once(
     clock: VirtualClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Another writer (an earlier run) left newer prices in the store.
-    await cache.put_many([Price("A", 1.0, 1.02, 1.01, T0 + 10**12, "V")])
+    # Another writer (an earlier run) left newer prices in the store. (Stamped at the clock's
+    # now, T0: a cached price stamped beyond now + MDS_MAX_FUTURE_SKEW would be replaceable.)
+    past = T0 - 10**12
+    await cache.put_many([Price("A", 1.0, 1.02, 1.01, T0, "V")])
     stream, status = make(cache, bus, clock)
 
     def refusals() -> list[str]:
@@ -233,18 +237,71 @@ async def test_a_wholly_refused_run_of_writes_is_explained_once(
         async with anyio.create_task_group() as tg:
             await tg.start(stream.run)
             for i in range(3):  # three batches, all older than the store's price
-                stream.handle([quote("A", 100, 100.02, T0 + i)])
+                stream.handle([quote("A", 100, 100.02, past + i)])
                 await stream.wait_idle()
             assert status.counters["refused_older"] == 3
             assert len(refusals()) == 1  # one warning for the run, not one per batch
             assert "MDS_REPLAY_KEEP_TIMES" in refusals()[0]
-            stream.handle([quote("A", 100, 100.02, T0 + 2 * 10**12)])  # newer: accepted
+            stream.handle([quote("A", 100, 100.02, T0 + 1)])  # newer: accepted
             await stream.wait_idle()
-            stream.handle([quote("B", 100, 100.02, T0)])  # a fresh symbol: accepted
+            stream.handle([quote("B", 100, 100.02, past)])  # a fresh symbol: accepted
             await stream.wait_idle()
-            await cache.put_many([Price("C", 1.0, 1.02, 1.01, T0 + 10**12, "V")])
-            stream.handle([quote("C", 100, 100.02, T0)])  # a new refused run: warned again
+            await cache.put_many([Price("C", 1.0, 1.02, 1.01, T0, "V")])
+            stream.handle([quote("C", 100, 100.02, past)])  # a new refused run: warned again
             await stream.wait_idle()
             tg.cancel_scope.cancel()
     assert len(refusals()) == 2
     assert status.counters["prices_written"] == 2
+
+
+# -- input bounded in time: quotes stamped in the future --------------------------------------
+
+
+def received_at(symbol: str, bid: float, ts_event_ns: int, ts_received_ns: int) -> Quote:
+    return Quote(symbol, bid, 1, bid + 0.02, 1, "V", "V", (), "C", ts_event_ns, ts_received_ns)
+
+
+async def test_one_quote_stamped_in_the_future_is_refused_and_does_not_freeze_its_symbol(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    """The issue's defect 4: one AAPL quote stamped in 2099 used to be cached and published,
+    and every later real quote was refused as older (until restart). Now it is refused and
+    counted (never cached, published, nor used by the ordering guard), and the real quotes
+    around it flow."""
+    stream, status = make(cache, bus, clock)
+    now = clock.now_ns()
+    year_2099 = 4_070_908_800 * 1_000_000_000
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stream.run)
+            stream.handle([received_at("AAPL", 100.0, now - 1_000, now)])
+            stream.handle([received_at("AAPL", 500.0, year_2099, now)])
+            stream.handle([received_at("AAPL", 101.0, now + 1_000, now + 2_000)])
+            await stream.wait_idle()
+            tg.cancel_scope.cancel()
+    assert [p.bid for p in bus.published] == [100.0, 101.0]
+    assert cache.values["AAPL"].bid == 101.0
+    assert status.counters["refused_future"] == 1
+    assert status.counters["refused_older"] == 0
+    assert status.last_future_refusal is not None
+    assert "AAPL" in status.last_future_refusal and "2099" in status.last_future_refusal
+    assert status.future_refusal_detail(clock.monotonic()) is not None
+
+
+async def test_the_future_skew_bound_is_the_domain_rule_at_its_edge(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    """Exactly MDS_MAX_FUTURE_SKEW ahead of the receive time is accepted, 1 ns more refused,
+    as :func:`domain.staleness.too_far_ahead` says (the hot loop inlines it)."""
+    status = ServiceStatus(started_at=0.0)
+    stream = StreamMidPrices(cache, bus, clock, status, max_future_skew_s=2.0)
+    now = clock.now_ns()
+    edge = now + 2 * 1_000_000_000
+    assert not too_far_ahead(edge, now, skew_ns(2.0))
+    assert too_far_ahead(edge + 1, now, skew_ns(2.0))
+    stream.handle([received_at("A", 1.0, edge, now), received_at("B", 1.0, edge + 1, now)])
+    assert status.counters["prices"] == 1 and status.counters["refused_future"] == 1
+    # The refusal makes /health degraded for a while, then it is history (the count stays).
+    assert status.future_refusal_detail(clock.monotonic()) is not None
+    later = clock.monotonic() + FUTURE_REFUSAL_DEGRADED_S + 0.1
+    assert status.future_refusal_detail(later) is None

@@ -11,7 +11,14 @@ from domain.connection import ConnectionState as S
 from domain.connection import ConnectionStateMachine
 from domain.errors import FatalFeedError, IllegalTransition, InvalidSymbol
 from domain.price import Price
-from domain.staleness import AgedPrice, age_seconds, is_stale
+from domain.staleness import (
+    AgedPrice,
+    age_seconds,
+    future_limit_ns,
+    is_stale,
+    skew_ns,
+    too_far_ahead,
+)
 from domain.subscriptions import plan_subscriptions
 from domain.symbols import normalize_symbol, parse_symbol_list, validate_symbol
 
@@ -42,6 +49,22 @@ def test_staleness() -> None:
     assert is_stale(price, 1_000_000_000_000 + 300 * 10**9 + 1)
     aged = AgedPrice.at(price, 1_000_000_000_000 + 5 * 10**9, max_age_s=4)
     assert aged.age_s == 5 and aged.stale
+
+
+def test_a_price_stamped_ahead_is_never_fresh_with_a_negative_age() -> None:
+    """Within the future skew (clock jitter) the age is 0 and the price fresh; beyond it the
+    price is stale, its negative age shown as it is (the issue: age_s -2.27e9, stale false)."""
+    ts = 1_000_000_000_000
+    price = Price("A", 1.0, 2.0, 1.5, ts, "V")
+    assert AgedPrice.at(price, ts - 10**6) == AgedPrice(price, 0.0, False)  # 1 ms ahead
+    assert AgedPrice.at(price, ts - 5 * 10**9, max_future_skew_s=5) == (price, 0.0, False)
+    beyond = AgedPrice.at(price, ts - 5 * 10**9 - 1, max_future_skew_s=5)
+    assert beyond.stale and beyond.age_s < 0
+    assert is_stale(price, ts - 3600 * 10**9)
+    assert not is_stale(price, ts - 10**9)
+    assert too_far_ahead(ts, ts - 5 * 10**9 - 1, skew_ns(5)) is True
+    assert too_far_ahead(ts, ts - 5 * 10**9, skew_ns(5)) is False
+    assert future_limit_ns(ts, skew_ns(5)) == ts + 5 * 10**9
 
 
 def test_diff_adds_and_removes() -> None:

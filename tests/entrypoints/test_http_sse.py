@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -30,7 +31,7 @@ def price(symbol: str, bid: float, ask: float, ts: int = T0) -> Price:
 
 
 class Rig:
-    def __init__(self, **fanout_args: int) -> None:
+    def __init__(self, **fanout_args: Any) -> None:
         self.bus = InMemoryEventBus()
         self.cache = InMemoryPriceCache(SystemClock(), ttl_s=1e9)
         self.view = FakeView()

@@ -17,6 +17,8 @@ from dependency_injector import providers
 
 from adapters.clock import SystemClock
 from adapters.memory import InMemoryPriceCache, ScriptedQuoteFeed, StaticPositionSource
+from domain.market import Quote
+from domain.price import Price
 from entrypoints.container import Container
 from entrypoints.service import Running, run
 from entrypoints.settings import load_settings
@@ -73,6 +75,50 @@ async def test_the_container_is_overridable_and_positions_drive_subscriptions() 
                 assert answer.status_code == 200
                 assert answer.json()["confirmed"] == ["AMD", "SPY"]
             assert running.service.cache is cache
+            tg.cancel_scope.cancel()
+
+
+async def test_a_quote_stamped_in_the_future_is_refused_counted_and_shown_in_health() -> None:
+    """The issue's defect 4, as an operator sees it: one AAPL quote stamped in 2099 between
+    real ones. /prices/AAPL keeps serving the real quotes (fresh, age >= 0), /health is
+    degraded and says why, /metrics counts it; a price stamped in the future that sits in the
+    cache (written by anything) is served stale, never fresh with a negative age."""
+    settings = load_settings(EMBEDDED | {"MDS_SYMBOLS": "AAPL"})
+    clock = SystemClock()
+    feed = ScriptedQuoteFeed(clock)
+    container = Container(settings=settings)
+    cache = InMemoryPriceCache(clock)
+    year_2099 = 4_070_908_800 * 1_000_000_000
+
+    def quote(bid: float, ts_event_ns: int) -> Quote:
+        now = clock.now_ns()
+        return Quote("AAPL", bid, 1, bid + 0.02, 1, "V", "V", (), "C", ts_event_ns, now)
+
+    with (
+        container.feed.override(providers.Object(feed)),
+        container.positions.override(providers.Object(StaticPositionSource(set()))),
+        container.cache.override(providers.Object(cache)),
+    ):
+        async with anyio.create_task_group() as tg:
+            running: Running = await tg.start(run, settings, container)
+            await wait_for(lambda: feed.subscribed() == {"AAPL"})
+            feed.push(quote(100.0, clock.now_ns()))
+            feed.push(quote(500.0, year_2099))
+            feed.push(quote(101.0, clock.now_ns()))
+            await wait_for(lambda: "AAPL" in cache.values and cache.values["AAPL"].bid == 101.0)
+            msft = Price("MSFT", 1.0, 1.02, 1.01, year_2099, "IEX", "V", "V")
+            await cache.put_many([msft])
+            async with httpx.AsyncClient(base_url=running.http_urls[0]) as client:
+                aapl = (await client.get("/prices/AAPL")).json()
+                assert aapl["bid"] == 101.0 and aapl["stale"] is False and aapl["age_s"] >= 0
+                future = (await client.get("/prices/MSFT")).json()
+                assert future["stale"] is True and future["age_s"] < 0
+                health = (await client.get("/health")).json()
+                assert health["status"] == "degraded", health
+                assert "stamped in the future" in health["detail"] and "AAPL" in health["detail"]
+                metrics = (await client.get("/metrics")).text
+                assert "mds_refused_future_total 1.0" in metrics
+            assert running.service.status.counters["refused_older"] == 0
             tg.cancel_scope.cancel()
 
 

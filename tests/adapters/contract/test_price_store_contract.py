@@ -210,3 +210,19 @@ async def test_control_signals_reach_listeners(store: StoreUnderTest) -> None:
                 if len(got) == 2:
                     break
     assert got == [b"acct-1", b""]
+
+
+async def test_a_cached_price_stamped_in_the_future_cannot_freeze_its_symbol(
+    store: StoreUnderTest,
+) -> None:
+    """Whoever wrote a price stamped far ahead of the store's clock (2099 here), the next real
+    price replaces it (the issue's defect 4: it was refused as older until the TTL ended), and
+    the ordering guard still holds between real prices."""
+    s = store.symbol()
+    future = price(s, 4_070_908_800 * 1_000_000_000)
+    assert list(await store.cache.put_many([future])) == [future]
+    real = price(s, T0 + 10)
+    assert list(await write(store, [real])) == [real]
+    assert await store.cache.get(s) == real
+    assert list(await store.cache.put_many([price(s, T0 + 9)])) == []
+    assert await store.cache.get(s) == real

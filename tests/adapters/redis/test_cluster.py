@@ -57,6 +57,12 @@ async def test_checked_writes_spread_over_nodes(redis_cluster: RedisClusterHandl
         assert raw == batch[0].to_json()
         assert isinstance(ttl, int) and 298 < ttl <= 300
 
+        # A value stamped in the future (written by anything) is replaceable on every node.
+        future = [price(s, 4_070_908_800 * 1_000_000_000) for s in symbols]
+        assert list(await store.cache.put_many(future)) == future
+        real = [price(s, T0 + 30) for s in symbols]
+        assert list(await store.cache.put_many(real)) == real
+
 
 async def test_sharded_publish_reaches_subscribers_in_order(
     redis_cluster: RedisClusterHandle,
@@ -108,7 +114,10 @@ async def test_reader_in_cluster_mode_gets_and_receives(redis_cluster: RedisClus
         assert sorted(p.symbol for p in got) == sorted(symbols)
         aged = await reader.get_many([*symbols, "NOT-THERE"])
         assert set(aged) == set(symbols)
-        assert [aged[s].stale for s in symbols] == [True, False, False, False, False]
+        # Ages 20, 10, 0, -10, -20 s: the last two are stamped more than the future skew (5 s)
+        # ahead of the reader's clock, so they are stale, not "fresh with a negative age".
+        assert [aged[s].stale for s in symbols] == [True, False, False, True, True]
+        assert aged[symbols[3]].age_s == pytest.approx(-10.0)
         assert aged[symbols[0]].age_s == pytest.approx(20.0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
@@ -180,3 +181,26 @@ async def test_no_double_publish_when_cache_and_bus_are_built_apart(
     finally:
         conn_a.close()
         conn_b.close()
+
+
+async def test_a_future_stamped_value_written_straight_into_redis_is_replaced(
+    redis_server: RedisServer,
+) -> None:
+    """Defect 4, the Redis guard: a value stamped in 2099 SET by hand (another writer, a
+    restore, a bug; here not even in our fixed-width form) no longer freezes the symbol:
+    the next real price replaces it. A value stamped within the skew still orders."""
+    s = unique()
+    async with open_redis_store(redis_server.url, require_connection=True) as store:
+        with redis_server.client() as c:
+            hand = (
+                f'{{"symbol":"{s}","bid":1,"ask":2,"mid":1.5,'
+                '"timestamp":"2099-01-01T00:00:00Z","exchange":"IEX"}'
+            )
+            await in_thread(lambda: c.set(f"price:{s}", hand))
+            real = price(s, T0 + 1)
+            assert list(await store.cache.put_many([real])) == [real]
+            assert await in_thread(lambda: c.get(f"price:{s}")) == real.to_json()
+            # Within the skew the guard still holds: 1 s ahead of now orders the next write.
+            soon = price(s, time.time_ns() + 1_000_000_000)
+            assert list(await store.cache.put_many([soon])) == [soon]
+            assert list(await store.cache.put_many([price(s, T0 + 2)])) == []
