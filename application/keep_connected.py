@@ -146,6 +146,7 @@ class KeepConnected:
         started = False
         while True:
             status.set_state(ConnectionState.CONNECTING)
+            connected = False  # this attempt got a subscribed session (else nothing was lost)
             try:
                 async with self._feed.connect(on_state=self._on_state) as session:
                     # Adapters that authenticate at the upgrade may skip this step.
@@ -154,11 +155,13 @@ class KeepConnected:
                         self._session = session
                         await self._subscribe(session, self._ranked)
                     status.set_state(ConnectionState.CONNECTED)
+                    connected = True
                     now = self._clock.monotonic()
                     status.connected_since = now
                     self._backoff.on_connected(now)
+                    count = len(session.confirmed.symbols())
                     log.info(
-                        "connected; subscribed to %d symbols", len(session.confirmed.symbols())
+                        "connected; subscribed to %d symbol%s", count, "" if count == 1 else "s"
                     )
                     if not started:
                         started = True
@@ -175,7 +178,10 @@ class KeepConnected:
                     self._fail(FatalFeedError(reason, setting="MDS_RECONNECT_MAX_ATTEMPTS"))
                 status.reconnect_attempts = self._backoff.attempts
                 status.reconnects += 1
-                log.warning("feed session lost (%s); reconnecting in %.1f s", e, delay)
+                if connected:
+                    log.warning("feed session lost (%s); reconnecting in %.1f s", e, delay)
+                else:  # never connected: nothing was lost
+                    log.warning("cannot open a feed session (%s); retrying in %.1f s", e, delay)
                 await anyio.sleep(delay)
             except FatalFeedError as e:
                 self._session = None

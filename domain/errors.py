@@ -22,10 +22,15 @@ class DomainError(Exception):
 class InvalidSymbol(DomainError, ValueError):
     """A symbol that is not in Alpaca's format; the message names it."""
 
+    SHOWN_CHARS = 40  # a 500-character "symbol" is named by its start, not echoed in full
+
     def __init__(self, symbol: object, why: str) -> None:
         self.symbol = symbol
         self.why = why
-        super().__init__(f"invalid symbol {symbol!r}: {why}")
+        shown = repr(symbol)
+        if len(shown) > self.SHOWN_CHARS:
+            shown = f"{shown[: self.SHOWN_CHARS]}… ({len(str(symbol))} characters)"
+        super().__init__(f"invalid symbol {shown}: {why}")
 
 
 class IllegalTransition(DomainError):

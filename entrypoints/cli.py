@@ -70,12 +70,28 @@ def cmd_record(argv: Sequence[str]) -> int:
         )
         print(f"recorded {stats.frames} frames ({sum(stats.messages.values())} messages)")
 
+    out = Path(args.file)
+    existed = out.exists()
     try:
         anyio.run(main, backend="trio")
     except FeedError as e:
+        if not existed and not _has_frames(out):
+            out.unlink(missing_ok=True)  # a failed connect leaves no empty recording behind
         print(f"mds record: {e}", file=sys.stderr)
         return 3
     return 0
+
+
+def _has_frames(path: object) -> bool:
+    from pathlib import Path
+
+    from adapters.alpaca.recorder import read_recording
+
+    assert isinstance(path, Path)
+    try:
+        return path.exists() and any(True for _ in read_recording(path))
+    except (OSError, EOFError):
+        return False
 
 
 def cmd_replay(argv: Sequence[str]) -> int:
@@ -333,7 +349,7 @@ def cmd_chaos(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
+        print((__doc__ or "").replace("``", ""))
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "run":
@@ -343,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "stream-server":
         from adapters.alpaca_compatible_server.__main__ import main as server_main
 
-        return int(server_main(rest) or 0)
+        return int(server_main(rest, prog="mds stream-server") or 0)
     if command == "record":
         return cmd_record(rest)
     if command == "replay":

@@ -274,6 +274,10 @@ def create_app(
         title="market-data-service",
         summary="Live mid prices from Alpaca quotes, cached in Redis.",
         version="0.1.0",
+        # No Swagger UI or ReDoc: both load their scripts from a CDN, which an offline or
+        # locked-down network cannot reach. The schema itself is served at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
 
     if opts.token is not None:
@@ -292,9 +296,7 @@ def create_app(
 
     @app.get("/", summary="The live page (HTML)", include_in_schema=False)
     async def page() -> Response:
-        return Response(
-            _page(), media_type="text/html; charset=utf-8", headers=_NO_STORE
-        )
+        return Response(_page(), media_type="text/html; charset=utf-8", headers=_NO_STORE)
 
     @app.exception_handler(StarletteHTTPException)
     async def not_routed(request: Request, exc: StarletteHTTPException) -> Response:
@@ -308,10 +310,12 @@ def create_app(
                 return _error(422, str(e))
         return await http_exception_handler(request, exc)
 
+    @app.head("/health", include_in_schema=False)  # probes that only look at the status
     @app.get("/health", summary="Service state (always 200)")
     async def health() -> Response:
         return _json(asdict(view.health()))
 
+    @app.head("/ready", include_in_schema=False)
     @app.get("/ready", summary="200 when ready, 503 when not")
     async def ready() -> Response:
         info = view.health()

@@ -150,6 +150,13 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def configure_logging(
     fmt: LogFormat,
     level: str | int = "INFO",
@@ -166,6 +173,11 @@ def configure_logging(
     if fmt == "json":
         handler = logging.StreamHandler(out)
         handler.setFormatter(JsonFormatter())
+    elif not _is_terminal(out):
+        # Piped or redirected: rich would wrap each message at its 80-column default and pad
+        # the lines; one plain line per record reads (and greps) better.
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-8s %(name)s: %(message)s"))
     else:
         console = Console(file=out, soft_wrap=True)
         # rich_tracebacks=False: tracebacks then come from the (redacted) formatted text.

@@ -115,6 +115,19 @@ async def log_summary(service: MarketDataService, every_s: float = SUMMARY_EVERY
         )
 
 
+def describe_store(settings: Settings) -> str:
+    """Where prices go, in words (no password)."""
+    from entrypoints.settings import redact_url
+
+    url = redact_url(settings.redis_url) if settings.redis_url else ""
+    return {
+        "memory": "memory (no REDIS_URL: in this process only)",
+        "single": f"Redis {url}",
+        "sentinel": f"Redis via Sentinel (master {settings.redis_master!r})",
+        "cluster": f"Redis Cluster (seed {url})",
+    }[settings.redis_mode]
+
+
 def nothing_to_price(settings: Settings) -> str | None:
     """Why the service will price nothing, as a warning, or None."""
     if settings.symbols or settings.position_source != "none":
@@ -207,9 +220,9 @@ async def run(
                     ) from None
                 tg.start_soon(log_summary, service)
                 log.info(
-                    "market-data-service running: feed=%s store=%s http=%s",
+                    "market-data-service running: feed=%s, prices in %s, http=%s",
                     settings.feed,
-                    store.name,
+                    describe_store(settings),
                     " ".join(urls),
                 )
                 task_status.started(Running(service, urls))

@@ -186,7 +186,8 @@ async def dial(
     except (OSError, trio.BrokenResourceError) as e:
         await _abandon(stream, link)
         cause = e.__cause__ if isinstance(e, trio.BrokenResourceError) else e
-        raise FeedUnavailable(f"cannot connect: {cause or e!r}") from e
+        reason = cause or e
+        raise FeedUnavailable(f"cannot connect: {str(reason) or type(reason).__name__}") from e
     except BaseException:
         await _abandon(stream, link)
         raise

@@ -37,16 +37,29 @@ def _off_if_zero(value: float | None) -> float | None:
     return value if value else None
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` only where it says something: not for flags, unset options,
+    or help that already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def build_parser(
+    prog: str = "python -m adapters.alpaca_compatible_server",
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m adapters.alpaca_compatible_server",
+        prog=prog,
         description=(
             "A local Alpaca-compatible market-data stream (stocks, v2): random-walk quotes and "
             "trades for the subscribed symbols, JSON or msgpack, with fault injection. Endpoints "
             "as Alpaca's: ws://HOST:PORT/v2/iex, /v2/sip, /v2/delayed_sip, /v2/test (FAKEPACA "
             "only); any other path gets HTTP 404. Prints the URL on stdout."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     net = parser.add_argument_group("network and protocol")
     net.add_argument("--host", default="127.0.0.1", help="interface to bind")
@@ -91,15 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--send-timeout", type=float, default=10.0, help="drop a client blocked this long"
     )
     faults = parser.add_argument_group("fault injection (per connection)")
-    faults.add_argument("--drop-after-messages", type=int, default=None, metavar="N")
-    faults.add_argument("--drop-every", type=float, default=None, metavar="SECONDS")
+    faults.add_argument(
+        "--drop-after-messages",
+        type=int,
+        default=None,
+        metavar="N",
+        help="close the TCP connection abruptly (no close frame) after N data messages",
+    )
+    faults.add_argument(
+        "--drop-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close each TCP connection abruptly this many seconds after it was accepted",
+    )
     faults.add_argument("--drop-with-rst", action="store_true", help="drops send a TCP reset")
     faults.add_argument("--refuse-auth", action="store_true", help="402 to every auth")
     faults.add_argument("--reject-406", action="store_true", help="406 to every auth")
     faults.add_argument("--insufficient-subscription", action="store_true", help="409 at auth")
     faults.add_argument("--http-429", action="store_true", help="HTTP 429 at the upgrade")
     faults.add_argument("--send-407", action="store_true", help="407 slow client, then close")
-    faults.add_argument("--malformed-every", type=int, default=None, metavar="N")
+    faults.add_argument(
+        "--malformed-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="inject one malformed frame after every N data frames",
+    )
     faults.add_argument("--internal-error", action="store_true", help="500 at auth, then close")
     faults.add_argument("--stall", action="store_true", help="send no data (pings answered)")
     parser.add_argument("--log-level", default="INFO", help="logging level")
@@ -158,8 +189,10 @@ async def serve(config: ServerConfig) -> None:
             nursery.cancel_scope.cancel()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(
+    argv: Sequence[str] | None = None, prog: str = "python -m adapters.alpaca_compatible_server"
+) -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)

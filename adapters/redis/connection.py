@@ -401,7 +401,8 @@ class RedisConnection:
         try:
             return _redispy.execute(client, "EVALSHA", sha, numkeys, *args)
         except rex.NoScriptError:
-            log.info("redis script %s not in the server's cache (restart?): loading it", sha[:8])
+            # Normal on a server's first use (and after its restart or SCRIPT FLUSH): not a fault.
+            log.debug("loading redis script %s into the server's script cache", sha[:8])
             _redispy.execute(client, "SCRIPT", "LOAD", self._scripts[sha])
             return _redispy.execute(client, "EVALSHA", sha, numkeys, *args)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from entrypoints import bench
 from entrypoints.bench.model import BASELINE_MODES, BenchError, Options
@@ -73,12 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="also measure the hand-written alpaca-py baseline (default)",
     )
-    parser.add_argument("--no-floors", dest="floors", action="store_false", default=True,
-                        help="skip the subscriber-capacity and feed floors")  # fmt: skip
+    parser.add_argument("--no-floors", dest="floors", action="store_false", default=None,
+                        help="skip the harness floors (default with --quick)")  # fmt: skip
+    parser.add_argument("--floors", dest="floors", action="store_true",
+                        help="measure the harness floors (default without --quick)")  # fmt: skip
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a ~1 minute smoke: msgpack, batch 10, 100 symbols, 1 run of 3 s",
+        help=(
+            "a smoke run: msgpack, batch 10, 100 symbols, 1 run of 3 s windows, no floors "
+            "(3 phases for the service, 6 more for the baseline; see README for timings)"
+        ),
     )
     parser.add_argument(
         "--profile",
@@ -110,7 +117,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         warmup_s=pick(args.warmup, 2.0, 1.0),
         runs=pick(args.runs, 3, 1),
         baseline_modes=modes if args.baseline else (),
-        floors=args.floors,
+        floors=pick(args.floors, True, False),
         profile_dir=args.profile,
         keep_logs=args.keep_logs,
         log=_stderr_log,
@@ -134,6 +141,25 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+INSTALL_BENCH: Final = ".venv/bin/pip install -e '.[bench]'"
+
+
+def check_extras(
+    opts: Options, has: Callable[[str], bool] = lambda name: find_spec(name) is not None
+) -> tuple[Options, str | None]:
+    """Before anything starts: without psutil nothing can be measured (an error line); without
+    alpaca-py the baseline is left out, said in one line, and the service is measured alone."""
+    if not has("psutil"):
+        return opts, f"mds bench: psutil is not installed; install the bench extra: {INSTALL_BENCH}"
+    if opts.baseline_modes and not has("alpaca"):
+        opts.log(
+            "mds bench: alpaca-py is not installed, so the alpaca-py baseline is left out "
+            f"(measuring the service alone; for the comparison: {INSTALL_BENCH})"
+        )
+        opts = dataclasses.replace(opts, baseline_modes=())
+    return opts, None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -142,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--runs must be >= 1 (0 with --profile), --duration > 0, --warmup >= 0")
     if any(r <= 0 for r in opts.rates):
         parser.error("--rates must be positive (the unthrottled phase always runs)")
+    opts, problem = check_extras(opts)
+    if problem is not None:
+        _stderr_log(problem)
+        return 2
     if args.render is not None:
         doc = render(json.loads(args.render.read_text()))
         print_tables(doc)

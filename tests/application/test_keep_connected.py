@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import anyio
 import pytest
@@ -167,3 +168,30 @@ async def test_after_a_reconnect_the_best_ranked_symbols_win_a_smaller_venue_lim
             await eventually(lambda: set(service.status.left_out) >= {"BRK.B", "MSFT"})
             assert feed.subscribed() == {"ZM", "AAPL"}
             tg.cancel_scope.cancel()
+
+
+async def test_log_lines_say_lost_only_for_a_session_that_was_and_count_symbols_in_words(
+    feed: ScriptedQuoteFeed,
+    cache: InMemoryPriceCache,
+    bus: InMemoryEventBus,
+    clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = ServiceConfig(static_symbols=frozenset({"AAPL"}), symbol_limit=None)
+    service = MarketDataService(feed, cache, bus, clock, cfg, rng=lambda: 0.5)
+    feed.fail_next_connect(FeedUnavailable("cannot connect: connection refused"), times=1)
+    with caplog.at_level(logging.INFO, "application.keep_connected"), anyio.fail_after(1000):
+        async with anyio.create_task_group() as tg:
+            await tg.start(service.run)
+            await feed.wait_until(lambda: feed.subscribed() == {"AAPL"})
+            feed.drop_connection()
+            await feed.wait_until(lambda: len(feed.sessions) == 2 and feed.subscribed() == {"AAPL"})
+            tg.cancel_scope.cancel()
+    lines = [r.getMessage() for r in caplog.records]
+    assert (
+        lines[0]
+        == "cannot open a feed session (cannot connect: connection refused); retrying in 5.0 s"
+    )
+    assert lines[1] == "connected; subscribed to 1 symbol"
+    assert lines[2].startswith("feed session lost (")
+    assert lines[3] == "connected; subscribed to 1 symbol"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from entrypoints.bench import hop
+from entrypoints.bench.cli import check_extras
 from entrypoints.bench.floors import thread_hop_floor
 from entrypoints.bench.model import Options
 from entrypoints.bench.report import markdown
@@ -77,3 +78,19 @@ def test_rss_growth_takes_the_median_of_each_edge_of_the_window() -> None:
     start, end = rss_growth(grown, 0.0, 10.0) or (0.0, 0.0)
     assert start == 51.0 and end == 81.0
     assert rss_growth(samples, 20.0, 30.0) is None  # no sample in the window
+
+
+def test_without_alpaca_py_the_baseline_is_left_out_in_one_line() -> None:
+    messages: list[str] = []
+    opts = Options(baseline_modes=("naive", "batched"), log=messages.append)
+    checked, problem = check_extras(opts, has=lambda name: name != "alpaca")
+    assert problem is None and checked.baseline_modes == ()
+    assert len(messages) == 1 and "pip install -e '.[bench]'" in messages[0]
+    assert "alpaca-py is not installed" in messages[0]
+    same, _ = check_extras(opts, has=lambda name: True)
+    assert same.baseline_modes == ("naive", "batched") and len(messages) == 1
+
+
+def test_without_psutil_nothing_runs_and_the_line_says_what_to_install() -> None:
+    _, problem = check_extras(Options(), has=lambda name: name != "psutil")
+    assert problem is not None and "pip install -e '.[bench]'" in problem

@@ -93,6 +93,39 @@ async def test_record_writes_frames_that_replay_reads(tmp_path: Path) -> None:
     assert all(isinstance(line["t"], int) for line in lines)
 
 
+def test_record_leaves_no_empty_file_after_a_failed_connect(tmp_path: Path) -> None:
+    out = tmp_path / "rec.jsonl"
+    env = {
+        "ALPACA_API_KEY": "k",
+        "ALPACA_SECRET_KEY": "s",
+        "ALPACA_STREAM_URL": f"ws://127.0.0.1:{free_port()}/v2/iex",  # nothing listens
+        "MDS_RECONNECT_MAX_ATTEMPTS": "1",
+    }
+    result = mds("record", str(out), "AAPL", "--seconds", "1", env=env)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr and "OSError(" not in result.stderr
+    assert not out.exists()
+
+
+def test_the_cli_help_is_plain_text_and_a_long_bad_symbol_is_cut() -> None:
+    assert "``" not in mds("--help").stdout
+    long = "A" * 500
+    result = mds("price", long, env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert result.returncode == 2
+    assert long not in result.stderr and "(500 characters)" in result.stderr
+    assert len(result.stderr) < 200
+
+
+def test_stream_server_help_names_mds_and_shows_each_default_once() -> None:
+    text = mds("stream-server", "--help").stdout
+    assert text.startswith("usage: mds stream-server")
+    assert "(default: None)" not in text and text.count("(default: random)") == 1
+    from adapters.alpaca_compatible_server.__main__ import build_parser
+
+    undocumented = [a.option_strings for a in build_parser()._actions if not a.help]
+    assert undocumented == []
+
+
 @pytest.mark.redis
 def test_watch_shows_cached_and_live_prices_in_a_terminal(own_redis_server: RedisServer) -> None:
     """``mds watch`` under a real pseudo-terminal: the cached price at start, then live updates

@@ -142,6 +142,22 @@ async def test_health_reports_every_field(client: httpx.AsyncClient) -> None:
     assert r.headers["cache-control"] == "no-store"
 
 
+async def test_head_health_and_ready_answer_like_get(client: httpx.AsyncClient) -> None:
+    for path in ("/health", "/ready"):
+        r = await client.head(path)
+        assert r.status_code == 200, path
+        assert r.headers["content-type"].startswith("application/json")
+
+
+async def test_no_swagger_ui_from_a_cdn_but_the_schema_is_served(
+    client: httpx.AsyncClient,
+) -> None:
+    assert (await client.get("/docs")).status_code == 404
+    assert (await client.get("/redoc")).status_code == 404
+    schema = (await client.get("/openapi.json")).json()
+    assert "/health" in schema["paths"]
+
+
 async def test_health_is_200_even_when_failed(client: httpx.AsyncClient, view: FakeView) -> None:
     view.health_info = HealthInfo(
         status="failed",

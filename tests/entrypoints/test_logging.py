@@ -148,3 +148,12 @@ def test_capped_extras_and_tracebacks_keep_the_error_line() -> None:
     assert len(out.getvalue()) < 12_000
     assert str(line["exc"]).rstrip().endswith("y the real error")
     assert "characters cut" in str(line["body"]) and "characters cut" in str(line["exc"])
+
+
+def test_console_format_piped_is_one_line_per_record_at_any_length() -> None:
+    out = io.StringIO()  # not a terminal, as when piped to a file or `less`
+    configure_logging("console", "INFO", stream=out)
+    message = "subscriptions: +[" + ", ".join(f"S{i:03d}" for i in range(40)) + "] -[]"
+    logging.getLogger("mds.console").info("%s", message)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(f"INFO     mds.console: {message}")

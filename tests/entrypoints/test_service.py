@@ -3,6 +3,7 @@ container's overrides, and the process: signals, exit codes, one clear line on e
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -270,3 +271,42 @@ async def test_health_says_when_nothing_will_be_priced() -> None:
             tg.cancel_scope.cancel()
     assert health["websocket_connected"] is True and health["subscribed_symbols"] == 0
     assert "nothing will be priced" in health["detail"] and "MDS_SYMBOLS" in health["detail"]
+
+
+async def test_the_summary_line_shows_rate_symbols_priced_and_a_few_prices(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from types import SimpleNamespace
+    from typing import cast
+
+    from application.service import MarketDataService
+    from application.status import ServiceStatus
+    from domain.price import Price
+    from entrypoints.service import log_summary
+
+    clock = SystemClock()
+    cache = InMemoryPriceCache(clock)
+    status = ServiceStatus(started_at=0.0)
+    status.confirmed = frozenset({"AAPL", "MSFT", "SPY", "NVDA", "AMD"})
+    ts = 1_700_000_000 * 10**9
+    await cache.put_many(
+        [Price(s, 1.0, 1.02, 1.01, ts, "IEX") for s in ("AAPL", "AMD", "MSFT", "NVDA")]
+    )
+    service = cast(MarketDataService, SimpleNamespace(status=status, cache=cache))
+    with caplog.at_level(logging.INFO, "mds"):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(log_summary, service, 0.05)
+            await wait_for(lambda: any("prices:" in r.getMessage() for r in caplog.records))
+            tg.cancel_scope.cancel()
+    line = next(r.getMessage() for r in caplog.records if "prices:" in r.getMessage())
+    assert line == (
+        "prices: 0/s; 4 of 5 subscribed symbols priced: AAPL 1.01, AMD 1.01, MSFT 1.01 (+1 more)"
+    )
+
+
+def test_the_running_line_says_where_prices_go_in_words() -> None:
+    from entrypoints.service import describe_store
+
+    assert describe_store(load_settings({})) == "memory (no REDIS_URL: in this process only)"
+    single = load_settings({"REDIS_URL": "redis://:pw@r1:6379/0"})
+    assert describe_store(single) == "Redis redis://:***@r1:6379/0"
