@@ -156,8 +156,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "keep = ranked if not capacity else ranked[:capacity]", (RULES,),
            "capacity 0 read as unlimited"),
     Mutant("memory-cache-equal-refused", MEMORY_CACHE,
-           "if current is not None and price.ts_event_ns < current.ts_event_ns:",
-           "if current is not None and price.ts_event_ns <= current.ts_event_ns:",
+           "if current is not None and price.ts_event_ns < current.ts_event_ns <= limit:",
+           "if current is not None and price.ts_event_ns <= current.ts_event_ns <= limit:",
            (GUARANTEES, CONTRACT), "the in-memory cache refuses an equal timestamp"),
 )  # fmt: skip
 
