@@ -84,8 +84,10 @@ def build_parser(
     data.add_argument(
         "--bar-interval", type=float, default=60.0, help="seconds between bars (0: off)"
     )
-    data.add_argument("--one-sided", type=float, default=0.0, help="share of one-sided quotes")
-    data.add_argument("--crossed", type=float, default=0.0, help="share of crossed quotes")
+    data.add_argument(
+        "--one-sided", type=float, default=0.01, help="share of one-sided quotes (IEX sends them)"
+    )
+    data.add_argument("--crossed", type=float, default=0.001, help="share of crossed quotes")
     data.add_argument("--pool-frames", type=int, default=64, help="min pre-encoded frames")
     data.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     data.add_argument(

@@ -3,13 +3,20 @@
 Every data message (quote, trade) is encoded once with its ``t`` key LAST and a fixed-width
 placeholder in it. A frame of such messages is stored complete with its WebSocket frame header
 (server frames are unmasked, and no extension is ever negotiated) as the byte segments around
-the placeholders. At send time the wire bytes are ``stamp.join(segments)``: one C-level join,
-with the server's wall-clock send time as ``t`` of every message in the frame. Widths are fixed,
-so the stamp always fits and the header's length stays right:
+the placeholders. At send time the wire bytes are one C-level join (plus one ``replace`` for
+msgpack) with a per-frame :class:`FrameStamp`; widths are fixed, so the header's length stays
+right. **Every message gets its own** ``t``: the stamp fills the time down to a step (JSON:
+100 ns, msgpack: 256 ns) and each message's last digits are baked into its template by its
+position in the frame, so the messages of a frame carry distinct, increasing times, and a
+session's frames get stamps one step apart at least (see :meth:`Codec.stamps`):
 
-- JSON: ``"2026-11-25T17:00:00.123456789Z"`` (30 characters, 9 fraction digits, always);
-- msgpack: a Timestamp ext (type -1) always in the 10-byte timestamp64 form ``d7 ff`` + 8 bytes
-  (``nanoseconds << 34 | seconds``), which every msgpack decoder reads as a Timestamp.
+- JSON: ``"2026-11-25T17:00:00.1234567NNZ"`` (30 characters, 9 fraction digits, always; the
+  stamp is the first 27, ``NN`` the message's baked nanoseconds): distinct for up to 100
+  messages per frame;
+- msgpack: a Timestamp ext (type -1) in the 15-byte timestamp96 form ``c7 0c ff`` + nanoseconds
+  (uint32) + seconds (int64), which every msgpack decoder reads as a Timestamp; the stamp fills
+  the nanoseconds' three high bytes and the seconds, the low byte is baked: distinct for up to
+  256 messages per frame.
 
 Control messages, bars and malformed frames are rare: they are encoded on demand and sent through
 trio-websocket's ``send_message``.
@@ -31,10 +38,18 @@ from domain.timestamps import NS_PER_SECOND, format_ns
 S = TypeVar("S", str, bytes)
 
 JSON_STAMP_WIDTH: Final = 30
-MSGPACK_STAMP_WIDTH: Final = 10
-_JSON_PLACEHOLDER: Final = "~" * JSON_STAMP_WIDTH
-# Seconds < 2**34 and non-zero nanoseconds: msgpack packs this as timestamp64 (d7 ff + 8 bytes).
-_MSGPACK_PLACEHOLDER: Final = msgpack.Timestamp(0x3_DEAD_BEEF, 987_654_321)
+"""Characters of ``t`` in JSON (the stamp fills the first 27, the message the rest)."""
+MSGPACK_STAMP_WIDTH: Final = 15
+"""Bytes of the timestamp96 ext in msgpack."""
+JSON_STEP_NS: Final = 100
+MSGPACK_STEP_NS: Final = 256
+_JSON_FILLED: Final = 27  # "YYYY-MM-DDTHH:MM:SS." + 7 fraction digits
+_JSON_PLACEHOLDER: Final = "~" * _JSON_FILLED
+_MSGPACK_HEAD: Final = b"\xc7\x0c\xff"  # ext 8, 12 bytes, type -1: timestamp96
+_MSGPACK_NS_MARK: Final = b"\x3f\xfe\xfd"  # the three high nanosecond bytes, until stamped
+_MSGPACK_SEC_MARK: Final = b"\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8"
+"""Stands for the seconds until stamped (``replace``): 8 distinct decreasing bytes, so it has
+no border and cannot occur across the stamp; a template where it occurs elsewhere is refused."""
 _PACK_U64 = struct.Struct(">Q").pack
 _OPCODE_TEXT: Final = 0x1
 _OPCODE_BINARY: Final = 0x2
@@ -79,6 +94,11 @@ def frame_header(opcode: int, length: int) -> bytes:
     return bytes((first, 127)) + length.to_bytes(8, "big")
 
 
+FrameStamp = bytes | tuple[bytes, bytes]
+"""What :meth:`FramePool.render` fills in: JSON the 27 leading characters of ``t``; msgpack the
+nanoseconds' high bytes (with the ext header) and the seconds."""
+
+
 class Codec(ABC, Generic[S]):
     """One wire format: ``S`` is what ``send_message`` takes for it, ``str`` for JSON (text
     frames), ``bytes`` for msgpack (binary frames)."""
@@ -87,9 +107,38 @@ class Codec(ABC, Generic[S]):
     opcode: int
     stamp_width: int
 
+    step_ns: int
+
     @abstractmethod
-    def stamp(self, ts_ns: int) -> bytes:
-        """The fixed-width encoding of ``ts_ns`` that replaces every placeholder."""
+    def stamp(self, ts_ns: int) -> FrameStamp:
+        """The frame stamp for ``ts_ns`` (rounded down to :attr:`step_ns`); a message at
+        position ``i`` of the frame then carries ``ts_ns - ts_ns % step + baked(i)``."""
+
+    def stamps(self, now_ns: int, frames: int, last_ns: int) -> tuple[list[FrameStamp], int]:
+        """Stamps for ``frames`` frames written together at ``now_ns``: one step apart, ending
+        at the last step not after ``now_ns`` unless that would not follow ``last_ns`` (the
+        session's previous frame: per-symbol order across writes). Returns them and the last
+        frame's time."""
+        step = self.step_ns
+        start = now_ns - now_ns % step - frames * step  # the last message not after now
+        start = max(start, last_ns + step)
+        last = start + (frames - 1) * step
+        seconds, nanos = divmod(start, NS_PER_SECOND)
+        if last // NS_PER_SECOND == seconds:  # the common case: all in one second
+            return self._stamps_within(seconds, nanos, frames), last
+        return [self.stamp(start + j * step) for j in range(frames)], last
+
+    def _stamps_within(self, seconds: int, nanos: int, frames: int) -> list[FrameStamp]:
+        step = self.step_ns
+        return [self.stamp(seconds * NS_PER_SECOND + nanos + j * step) for j in range(frames)]
+
+    @abstractmethod
+    def render(self, segments: tuple[bytes, ...], stamp: FrameStamp) -> bytes:
+        """The frame on the wire."""
+
+    @abstractmethod
+    def baked(self, index: int, count: int) -> bytes:
+        """What message ``index`` of a frame of ``count`` carries after the stamp."""
 
     @abstractmethod
     def encode(self, value: object) -> S:
@@ -109,12 +158,13 @@ class Codec(ABC, Generic[S]):
         """``message`` plus ``t`` as its last key, encoded, cut just before the stamp."""
 
     @abstractmethod
-    def _payload_segments(self, prefixes: Sequence[bytes]) -> list[bytes]:
+    def _payload_segments(self, prefixes: Sequence[bytes], baked: Sequence[bytes]) -> list[bytes]:
         """The payload of a frame of messages, as the segments around their stamps."""
 
     @abstractmethod
-    def _truncate_payload(self, segments: Sequence[bytes], count: int) -> list[bytes]:
-        """The payload segments of the same frame holding only its first ``count`` messages."""
+    def _truncate_payload(self, segments: Sequence[bytes], count: int, total: int) -> list[bytes]:
+        """The payload segments of the same frame (of ``total`` messages) holding only its
+        first ``count`` messages."""
 
     def control(self, message: Message) -> S:
         """A control message, alone in an array of length 1, as Alpaca sends them."""
@@ -125,8 +175,15 @@ class Codec(ABC, Generic[S]):
         included, as segments: ``stamp(ns).join(segments)`` is the frame on the wire."""
         if not messages:
             raise ValueError("a frame needs at least one message")
-        segments = self._payload_segments([self._message_prefix(m) for m in messages])
-        return self._framed(segments, len(messages))
+        n = len(messages)
+        prefixes = [self._message_prefix(m) for m in messages]
+        segments = self._payload_segments(prefixes, [self.baked(i, n) for i in range(n)])
+        framed = self._framed(segments, n)
+        self._check_template(framed, n)
+        return framed
+
+    def _check_template(self, segments: tuple[bytes, ...], messages: int) -> None:
+        """Raises ``ValueError`` when the template cannot be stamped safely."""
 
     def truncate(self, segments: tuple[bytes, ...], count: int) -> tuple[bytes, ...]:
         """The segments of a :meth:`template` frame cut to its first ``count`` messages."""
@@ -136,7 +193,7 @@ class Codec(ABC, Generic[S]):
         length_code = segments[0][1] & 0x7F  # unmasked server frame: 2, 4 or 10 header bytes
         header = 2 if length_code < 126 else 4 if length_code == 126 else 10
         payload = [segments[0][header:], *segments[1:]]
-        return self._framed(self._truncate_payload(payload, count), count)
+        return self._framed(self._truncate_payload(payload, count, messages), count)
 
     def _framed(self, payload: list[bytes], messages: int) -> tuple[bytes, ...]:
         length = sum(map(len, payload)) + self.stamp_width * messages
@@ -174,10 +231,23 @@ class JsonCodec(Codec[str]):
 
     format = WireFormat.JSON
     opcode = _OPCODE_TEXT
-    stamp_width = JSON_STAMP_WIDTH
+    stamp_width = _JSON_FILLED
+    step_ns = JSON_STEP_NS
 
     def stamp(self, ts_ns: int) -> bytes:
-        return format_ns(ts_ns).encode()
+        return format_ns(ts_ns)[:_JSON_FILLED].encode()
+
+    def _stamps_within(self, seconds: int, nanos: int, frames: int) -> list[FrameStamp]:
+        prefix = format_ns(seconds * NS_PER_SECOND)[:20].encode()  # "YYYY-MM-DDTHH:MM:SS."
+        first = nanos // JSON_STEP_NS
+        return [b"%s%07d" % (prefix, x) for x in range(first, first + frames)]
+
+    def render(self, segments: tuple[bytes, ...], stamp: FrameStamp) -> bytes:
+        assert isinstance(stamp, bytes)
+        return stamp.join(segments)
+
+    def baked(self, index: int, count: int) -> bytes:
+        return b"%02dZ" % (index * JSON_STEP_NS // count)
 
     def encode(self, value: object) -> str:
         return orjson.dumps(value, default=_json_default).decode()
@@ -195,11 +265,12 @@ class JsonCodec(Codec[str]):
             raise ValueError(f"'t' must be absent or the last key: {message!r}")
         return encoded[: -len(tail)]
 
-    def _payload_segments(self, prefixes: Sequence[bytes]) -> list[bytes]:
-        return [b"[" + prefixes[0], *(b'"},' + p for p in prefixes[1:]), b'"}]']
+    def _payload_segments(self, prefixes: Sequence[bytes], baked: Sequence[bytes]) -> list[bytes]:
+        middle = (baked[i - 1] + b'"},' + prefixes[i] for i in range(1, len(prefixes)))
+        return [b"[" + prefixes[0], *middle, baked[-1] + b'"}]']
 
-    def _truncate_payload(self, segments: Sequence[bytes], count: int) -> list[bytes]:
-        return [*segments[:count], b'"}]']
+    def _truncate_payload(self, segments: Sequence[bytes], count: int, total: int) -> list[bytes]:
+        return [*segments[:count], self.baked(count - 1, total) + b'"}]']
 
 
 class MsgpackCodec(Codec[bytes]):
@@ -208,11 +279,32 @@ class MsgpackCodec(Codec[bytes]):
 
     format = WireFormat.MSGPACK
     opcode = _OPCODE_BINARY
-    stamp_width = MSGPACK_STAMP_WIDTH
+    stamp_width = len(_MSGPACK_HEAD) + 3
+    step_ns = MSGPACK_STEP_NS
 
-    def stamp(self, ts_ns: int) -> bytes:
+    def stamp(self, ts_ns: int) -> tuple[bytes, bytes]:
         seconds, nanos = divmod(ts_ns, NS_PER_SECOND)
-        return b"\xd7\xff" + _PACK_U64(nanos << 34 | seconds)
+        return _MSGPACK_HEAD + (nanos >> 8).to_bytes(3, "big"), _PACK_U64(seconds)
+
+    def _stamps_within(self, seconds: int, nanos: int, frames: int) -> list[FrameStamp]:
+        packed = _PACK_U64(seconds)  # one object: the pool's per-second cache keys on it
+        first = nanos >> 8
+        return [
+            (_MSGPACK_HEAD + x.to_bytes(3, "big"), packed) for x in range(first, first + frames)
+        ]
+
+    def render(self, segments: tuple[bytes, ...], stamp: FrameStamp) -> bytes:
+        assert isinstance(stamp, tuple)
+        head, seconds = stamp
+        return head.join(segments).replace(_MSGPACK_SEC_MARK, seconds)
+
+    def baked(self, index: int, count: int) -> bytes:
+        return bytes((index * MSGPACK_STEP_NS // count,)) + _MSGPACK_SEC_MARK
+
+    def _check_template(self, segments: tuple[bytes, ...], messages: int) -> None:
+        probe = (_MSGPACK_HEAD + _MSGPACK_NS_MARK).join(segments)
+        if probe.count(_MSGPACK_SEC_MARK) != messages:
+            raise ValueError("the seconds mark occurs in the data: cannot stamp this frame")
 
     def encode(self, value: object) -> bytes:
         packed: bytes = msgpack.packb(value, default=_msgpack_default)
@@ -231,18 +323,19 @@ class MsgpackCodec(Codec[bytes]):
         return self.encode([{"T": "q", "S": symbol}])[:-1] + b"\xc1"
 
     def _message_prefix(self, message: Message) -> bytes:
-        encoded = self.encode({**message, "t": _MSGPACK_PLACEHOLDER})
-        tail = self.encode(_MSGPACK_PLACEHOLDER)
-        if not encoded.endswith(tail):
+        # The value of "t" is left out: an ext whose bytes the frame's segments provide.
+        encoded = self.encode({**message, "t": None})
+        if not encoded.endswith(b"\xa1t\xc0"):
             raise ValueError(f"'t' must be absent or the last key: {message!r}")
-        return encoded[: -len(tail)]
+        return encoded[:-1]
 
-    def _payload_segments(self, prefixes: Sequence[bytes]) -> list[bytes]:
-        return [_array_header(len(prefixes)) + prefixes[0], *prefixes[1:], b""]
+    def _payload_segments(self, prefixes: Sequence[bytes], baked: Sequence[bytes]) -> list[bytes]:
+        middle = (baked[i - 1] + prefixes[i] for i in range(1, len(prefixes)))
+        return [_array_header(len(prefixes)) + prefixes[0], *middle, baked[-1]]
 
-    def _truncate_payload(self, segments: Sequence[bytes], count: int) -> list[bytes]:
-        first = segments[0][len(_array_header(len(segments) - 1)) :]
-        return [_array_header(count) + first, *segments[1:count], b""]
+    def _truncate_payload(self, segments: Sequence[bytes], count: int, total: int) -> list[bytes]:
+        first = segments[0][len(_array_header(total)) :]
+        return [_array_header(count) + first, *segments[1:count], self.baked(count - 1, total)]
 
 
 def codec_for(fmt: WireFormat) -> JsonCodec | MsgpackCodec:
@@ -253,13 +346,17 @@ class FramePool:
     """A cyclic pool of pre-encoded data frames (WebSocket header included) for one
     subscription set. Rendering costs one ``join``; nothing is encoded at send time."""
 
-    __slots__ = ("_codec", "_frames", "counts", "sizes")
+    __slots__ = ("_by_second", "_codec", "_frames", "_seconds", "counts", "sizes")
 
     def __init__(self, codec: JsonCodec | MsgpackCodec, frames: Sequence[tuple[bytes, ...]]):
         if not frames:
             raise ValueError("a pool needs at least one frame")
         self._codec = codec
         self._frames = tuple(frames)
+        self._seconds: bytes | None = None
+        self._by_second: dict[int, tuple[bytes, ...]] = {}
+        """msgpack: the frames with this second's bytes in place of the mark, made on first use
+        in each second, so that rendering is one join, as for JSON."""
         self.counts = tuple(len(segments) - 1 for segments in self._frames)
         """Messages per frame."""
         self.sizes = tuple(
@@ -271,13 +368,24 @@ class FramePool:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def render(self, index: int, stamp: bytes) -> bytes:
-        """Frame ``index`` on the wire, every message's ``t`` set to ``stamp``."""
-        return stamp.join(self._frames[index])
+    def render(self, index: int, stamp: FrameStamp) -> bytes:
+        """Frame ``index`` on the wire, its messages' ``t`` from ``stamp``."""
+        if isinstance(stamp, bytes):
+            return stamp.join(self._frames[index])
+        head, seconds = stamp
+        if seconds is not self._seconds:
+            if seconds != self._seconds:
+                self._by_second = {}
+            self._seconds = seconds
+        segments = self._by_second.get(index)
+        if segments is None:
+            segments = tuple(s.replace(_MSGPACK_SEC_MARK, seconds) for s in self._frames[index])
+            self._by_second[index] = segments
+        return head.join(segments)
 
-    def render_first(self, index: int, count: int, stamp: bytes) -> bytes:
+    def render_first(self, index: int, count: int, stamp: FrameStamp) -> bytes:
         """Frame ``index`` cut to its first ``count`` messages (1 <= count <= its size)."""
-        return stamp.join(self._codec.truncate(self._frames[index], count))
+        return self._codec.render(self._codec.truncate(self._frames[index], count), stamp)
 
 
 def _array_header(count: int) -> bytes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -34,6 +34,21 @@ class DataParams:
     one_sided_probability: float
     crossed_probability: float
     exchanges: tuple[str, ...]
+
+
+#: The tape (``z``) of well-known symbols by listing: A NYSE, B NYSE Arca and regional
+#: exchanges (ETFs such as SPY), C Nasdaq. FAKEPACA is on tape A as in the docs' test stream.
+KNOWN_TAPES: Final = {
+    "AAPL": "C", "AMD": "C", "AMZN": "C", "GOOGL": "C", "META": "C", "MSFT": "C", "NVDA": "C",
+    "TSLA": "C", "QQQ": "C", "INTC": "C", "NFLX": "C", "SPY": "B", "IWM": "B", "GLD": "B",
+    "VOO": "B", "BRK.B": "A", "BRK.A": "A", "JPM": "A", "IBM": "A", "KO": "A", "XOM": "A",
+    "FAKEPACA": "A",
+}  # fmt: skip
+
+
+def tape_for(symbol: str) -> str:
+    """The symbol's tape: its listing's (A, B or C); unknown symbols get a stable one."""
+    return KNOWN_TAPES.get(symbol) or "ABC"[zlib.crc32(symbol.encode()) % 3]
 
 
 def base_price_cents(symbol: str) -> int:
@@ -68,6 +83,11 @@ class MarketData:
         self._params = params
         self._rng = rng
         self._trade_id = 0
+        self._trades: dict[str, list[tuple[int, float, int, str]]] = {}
+        """The pool's trades per symbol (id, price, size, exchange): bars are made of them,
+        corrections and cancels refer to them."""
+        self._halted: set[str] = set()
+        self._ticks = 0
 
     def pool_frames(self, items: Sequence[Item]) -> list[list[Message]]:
         """The frames of a pool cycling round-robin over ``items`` (non-empty); pre-encode
@@ -80,33 +100,131 @@ class MarketData:
         total = frames * p.batch
         walks = [closed_walk(self._rng, (total - j + n - 1) // n) for j in range(n)]
         messages = [self._message(items[m % n], walks[m % n][m // n]) for m in range(total)]
+        trades: dict[str, list[tuple[int, float, int, str]]] = {}
+        for m in messages:
+            if m["T"] == "t":
+                trade = (m["i"], m["p"], m["s"], m["x"])
+                trades.setdefault(str(m["S"]), []).append(trade)  # type: ignore[arg-type]
+        self._trades = trades
         return [messages[f * p.batch : (f + 1) * p.batch] for f in range(frames)]
 
-    def bars(self, symbols: Sequence[str], start_ns: int) -> list[Message]:
-        """One minute bar per symbol for the minute starting at ``start_ns``."""
+    def bars(self, symbols: Sequence[str], start_ns: int, kind: str = "b") -> list[Message]:
+        """One bar per symbol starting at ``start_ns`` (``b`` minute, ``u`` updated minute,
+        ``d`` daily). A symbol whose trades are streamed gets the bar OF THOSE TRADES (open,
+        high, low, close, volume, count and VWAP of the trades in the pool, the ones the client
+        saw); others a bar around the symbol's price."""
         rng = self._rng
         bars: list[Message] = []
         for symbol in symbols:
-            base = base_price_cents(symbol)
-            o = base + rng.randint(-20, 20)
-            c = o + rng.randint(-20, 20)
-            h = max(o, c) + rng.randint(0, 10)
-            low = min(o, c) - rng.randint(0, 10)
+            trades = self._trades.get(symbol)
+            if trades:
+                prices = [t[1] for t in trades]
+                volume = sum(t[2] for t in trades)
+                o, h, low, c = prices[0], max(prices), min(prices), prices[-1]
+                vw = round(sum(t[1] * t[2] for t in trades) / volume, 4)
+                n = len(trades)
+                if kind == "u":  # a late trade at the close: one more, same price
+                    volume += 100
+                    n += 1
+            else:
+                base = base_price_cents(symbol)
+                oc = base + rng.randint(-20, 20)
+                cc = oc + rng.randint(-20, 20)
+                hc, lc = max(oc, cc) + rng.randint(0, 10), min(oc, cc) - rng.randint(0, 10)
+                o, h, low, c = oc / 100, hc / 100, lc / 100, cc / 100
+                volume, n = rng.randint(100, 50_000), rng.randint(1, 500)
+                vw = round((oc + hc + lc + cc) / 400, 4)
+            if kind == "d":
+                volume *= 390  # a day's worth of minutes
+                n *= 390
             bars.append(
                 {
-                    "T": "b",
+                    "T": kind,
                     "S": symbol,
-                    "o": o / 100,
-                    "h": h / 100,
-                    "l": low / 100,
-                    "c": c / 100,
-                    "v": rng.randint(100, 50_000),
+                    "o": o,
+                    "h": h,
+                    "l": low,
+                    "c": c,
+                    "v": volume,
                     "t": WireTime(start_ns, whole_seconds=True),
-                    "n": rng.randint(1, 500),
-                    "vw": round((o + h + low + c) / 400, 4),
+                    "n": n,
+                    "vw": vw,
                 }
             )
         return bars
+
+    def events(self, channels: Mapping[str, Sequence[str]], ts_ns: int) -> list[Message]:
+        """One message per subscribed symbol of each event channel, at ``ts_ns``: trading
+        statuses (halts and resumptions taking turns), LULD bands, imbalances, and for trades
+        symbols a correction and a cancel of one of their streamed trades. Codes per tape
+        (CTA tapes A/B: ``2`` halt, ``3`` resume; UTP tape C: ``H`` halt, ``T`` resume)."""
+        rng = self._rng
+        t = WireTime(ts_ns)
+        out: list[Message] = []
+        self._ticks += 1
+        for symbol in channels.get("statuses", ()):
+            z = tape_for(symbol)
+            halt = symbol not in self._halted
+            (self._halted.add if halt else self._halted.discard)(symbol)
+            code = ("2" if z in "AB" else "H") if halt else ("3" if z in "AB" else "T")
+            out.append(
+                {
+                    "T": "s",
+                    "S": symbol,
+                    "sc": code,
+                    "sm": "Trading Halt" if halt else "Trading Resumption",
+                    "rc": "LUDP" if halt else "",
+                    "rm": "Volatility Trading Pause" if halt else "",
+                    "t": t,
+                    "z": z,
+                }
+            )
+        for symbol in channels.get("lulds", ()):
+            ref = base_price_cents(symbol)
+            out.append(
+                {
+                    "T": "l",
+                    "S": symbol,
+                    "u": round(ref * 1.05) / 100,
+                    "d": round(ref * 0.95) / 100,
+                    "i": "B",
+                    "t": t,
+                    "z": tape_for(symbol),
+                }
+            )
+        for symbol in channels.get("imbalances", ()):
+            price = (base_price_cents(symbol) + rng.randint(-10, 10)) / 100
+            out.append({"T": "i", "S": symbol, "p": price, "z": tape_for(symbol), "t": t})
+        for symbol in channels.get("trades", ()):
+            trades = self._trades.get(symbol)
+            if not trades:
+                continue
+            i, p, size, x = trades[self._ticks % len(trades)]
+            self._trade_id += 1
+            z = tape_for(symbol)
+            out.append(
+                {
+                    "T": "c",
+                    "S": symbol,
+                    "x": x,
+                    "oi": i,
+                    "op": p,
+                    "os": size,
+                    "oc": ["@"],
+                    "ci": self._trade_id,
+                    "cp": round(p + 0.01, 2),
+                    "cs": size,
+                    "cc": ["@"],
+                    "z": z,
+                    "t": t,
+                }
+            )
+            j, q, qsize, qx = trades[(self._ticks + 1) % len(trades)]
+            out.append(
+                {"T": "x", "S": symbol, "i": j, "x": qx, "p": q, "s": qsize, "a": "C", "z": z,
+                 "t": t}
+            )  # fmt: skip
+        return out
 
     def _message(self, item: Item, offset: int) -> Message:
         kind, symbol = item
@@ -125,7 +243,7 @@ class MarketData:
                 "p": (bid + rng.randint(0, spread)) / 100,
                 "s": rng.randint(1, 500),
                 "c": ["@"],
-                "z": "C",
+                "z": tape_for(symbol),
             }
         bp: float | int = bid / 100
         ap: float | int = ask / 100
@@ -148,5 +266,5 @@ class MarketData:
             "ap": ap,
             "as": as_,
             "c": ["R"],
-            "z": "C",
+            "z": tape_for(symbol),
         }

@@ -20,7 +20,9 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final, Literal
+from zoneinfo import ZoneInfo
 
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
@@ -42,6 +44,10 @@ from domain.timestamps import NS_PER_SECOND
 logger = logging.getLogger(__name__)
 
 WILDCARD: Final = "*"
+_EVENT_CHANNELS: Final = (
+    "bars", "updatedBars", "dailyBars", "statuses", "lulds", "imbalances", "trades",
+)  # fmt: skip
+_NEW_YORK: Final = ZoneInfo("America/New_York")
 _MAX_FRAMES_PER_WRITE: Final = 64
 _MAX_BYTES_PER_WRITE: Final = 256 * 1024
 _ERROR_TEXT: Final = {
@@ -119,6 +125,7 @@ class Session:
         self._data_changed = trio.Event()
         self._send_started: float | None = None
         self._malformed_sent = 0
+        self._last_stamp_ns = 0
         self._aborted = False
         self._scope = trio.CancelScope()
 
@@ -342,19 +349,27 @@ class Session:
         return _Streaming(
             version=self._data_version,
             pool=self._codec.pool(self._market.pool_frames(items)) if items else None,
-            bar_symbols=self._expand(self._data_subscriptions["bars"]),
+            events={
+                channel: expanded
+                for channel in _EVENT_CHANNELS
+                if channel in self._data_subscriptions
+                and (expanded := self._expand(self._data_subscriptions[channel]))
+            },
             symbol=items[0][1] if items else "FAKEPACA",
         )
 
     async def _sender(self) -> None:
         """Send data frames at ``rate`` (deadline pacing: behind schedule it sends without
-        sleeping, never above the average) and bars every ``bar_interval_s``. Returns when the
-        session must end (a fault or the slow-client policy closed it)."""
+        sleeping, never above the average); every ``bar_interval_s`` the minute bars (of the
+        streamed trades), daily bars, statuses, LULDs, imbalances, and a correction and a cancel
+        per trades symbol; half an interval later the updated bars (Alpaca: after the :30 mark).
+        Returns when the session must end (a fault or the slow-client policy closed it)."""
         server = self._server
         cfg = server.config
         interval = cfg.batch / cfg.rate if cfg.rate else 0.0
         bar_interval = cfg.bar_interval_s or 0.0
         next_bar = trio.current_time() + bar_interval if bar_interval else math.inf
+        next_update = next_bar + bar_interval / 2
         next_frame: float | None = None  # None: not streaming frames (no catch-up burst later)
         streaming: _Streaming | None = None
         malformed_due = 0
@@ -365,7 +380,8 @@ class Session:
             faults = server.faults
             live = self.authenticated and not faults.stall
             pool = streaming.pool if live else None
-            bar_symbols = streaming.bar_symbols if live else []
+            events = streaming.events if live else {}
+            bar_symbols = bool(events)
             now = trio.current_time()
             if pool is None:
                 next_frame = None
@@ -377,15 +393,19 @@ class Session:
                 return
 
             if bar_symbols and now >= next_bar:
-                await self._send_bars(bar_symbols, streaming.version)
+                await self._send_events(events, streaming.version, updated=False)
                 next_bar = max(next_bar + bar_interval, now)
+                continue
+            if bar_symbols and now >= next_update:
+                await self._send_events(events, streaming.version, updated=True)
+                next_update = max(next_update + bar_interval, now)
                 continue
 
             if pool is None or next_frame is None or now < next_frame:
                 # Idle or early: wait for the deadline, a subscription change or a fault flip.
                 deadline = now + FAULT_POLL_S
                 if bar_symbols:
-                    deadline = min(deadline, next_bar)
+                    deadline = min(deadline, next_bar, next_update)
                 if next_frame is not None:
                     deadline = min(deadline, next_frame)
                 with trio.move_on_at(deadline):
@@ -423,12 +443,16 @@ class Session:
 
     async def _send_frames(self, streaming: _Streaming, due: int, drop_after: int | None) -> int:
         """Write up to ``due`` frames from the pool (at least one; at most
-        :data:`_MAX_FRAMES_PER_WRITE` or :data:`_MAX_BYTES_PER_WRITE`) in one write, all
-        stamped with the send time. Returns how many, or 0 once the fault
-        ``drop_after_messages`` has dropped the connection."""
+        :data:`_MAX_FRAMES_PER_WRITE` or :data:`_MAX_BYTES_PER_WRITE`) in one write, stamped
+        with the send time (every message its own ``t``, a step apart, increasing across the
+        session's frames). Returns how many, or 0 once the fault ``drop_after_messages`` has
+        dropped the connection."""
         pool = streaming.pool
         assert pool is not None
-        stamp = self._codec.stamp(time.time_ns())
+        frames = min(due, _MAX_FRAMES_PER_WRITE)
+        stamps, self._last_stamp_ns = self._codec.stamps(
+            time.time_ns(), frames, self._last_stamp_ns
+        )
         budget = drop_after - self.messages_sent if drop_after is not None else math.inf
         if budget <= 0:
             await self.abort(f"drop_after_messages={drop_after}")
@@ -436,7 +460,7 @@ class Session:
         parts: list[bytes] = []
         size = messages = 0
         index = streaming.index
-        for _ in range(min(due, _MAX_FRAMES_PER_WRITE)):
+        for stamp in stamps:
             count = pool.counts[index]
             if count >= budget - messages:
                 count = int(budget - messages)  # the last frame before the drop, cut short
@@ -460,15 +484,26 @@ class Session:
             return 0
         return len(parts)
 
-    async def _send_bars(self, symbols: list[str], version: int) -> None:
-        """One bar per symbol for the last whole minute, ``batch`` bars per frame."""
+    async def _send_events(
+        self, channels: dict[str, list[str]], version: int, *, updated: bool
+    ) -> None:
+        """The interval's bars and events (see :meth:`_sender`), ``batch`` per frame, each
+        message in the shape Alpaca documents."""
+        now = time.time_ns()
         minute = 60 * NS_PER_SECOND
-        bars = self._market.bars(symbols, (time.time_ns() // minute - 1) * minute)
+        last_minute = (now // minute - 1) * minute
+        market = self._market
+        if updated:
+            messages = market.bars(channels.get("updatedBars", ()), last_minute, "u")
+        else:
+            messages = market.bars(channels.get("bars", ()), last_minute, "b")
+            messages += market.bars(channels.get("dailyBars", ()), _day_start_ns(now), "d")
+            messages += market.events(channels, now)
         batch = self._server.config.batch
-        for i in range(0, len(bars), batch):
+        for i in range(0, len(messages), batch):
             if version != self._data_version:
                 return  # an unsubscribe may have removed some: not after its ack
-            chunk = bars[i : i + batch]
+            chunk = messages[i : i + batch]
             await self._conn.send_message(self._codec.encode(chunk))
             self._count(1, len(chunk))
 
@@ -554,11 +589,20 @@ class _Streaming:
     version: int
     pool: FramePool | None
     """Pre-encoded quote and trade frames; None if no quotes or trades are subscribed."""
-    bar_symbols: list[str]
+    events: dict[str, list[str]]
+    """Symbols per channel sent every bar interval (bars, daily and updated bars, statuses,
+    LULDs, imbalances; trades for their corrections and cancels)."""
     symbol: str
     """A subscribed symbol, for malformed frames (a client filtering by symbol still sees them)."""
     index: int = 0
     """The next frame of the pool."""
+
+
+def _day_start_ns(now_ns: int) -> int:
+    """Midnight in New York of the trading day of ``now_ns`` (a daily bar's ``t``)."""
+    local = datetime.fromtimestamp(now_ns / NS_PER_SECOND, tz=_NEW_YORK)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return int(midnight.astimezone(UTC).timestamp()) * NS_PER_SECOND
 
 
 def _valid_symbol(symbol: object) -> bool:

@@ -266,6 +266,7 @@ def start_stream_server(
         "stream-server",
         [sys.executable, "-m", "adapters.alpaca_compatible_server", "--port", "0",
          "--rate", str(rate), "--batch", str(batch), "--bar-interval", "0", "--seed", "1",
+         "--one-sided", "0", "--crossed", "0",  # every quote a price: comparable runs
          "--log-level", "WARNING"],
         stdout=subprocess.PIPE,
     )  # fmt: skip

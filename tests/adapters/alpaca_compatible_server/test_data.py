@@ -15,6 +15,7 @@ from trio_websocket import ConnectionClosed
 
 from adapters.alpaca_compatible_server import ServerConfig, SlowClientPolicy
 from adapters.alpaca_compatible_server.endpoints import SIP_EXCHANGES
+from adapters.alpaca_compatible_server.market import tape_for
 from domain.timestamps import NS_PER_SECOND, parse_rfc3339_ns
 from tests.adapters.alpaca_compatible_server.client import (
     Message,
@@ -43,7 +44,7 @@ def check_quote(q: Message, exchanges: set[str]) -> None:
     assert 0 < q["bp"] < q["ap"] and is_cents(q["bp"]) and is_cents(q["ap"])
     assert type(q["bs"]) is int and type(q["as"]) is int and q["bs"] > 0 and q["as"] > 0
     assert q["bx"] in exchanges and q["ax"] in exchanges
-    assert q["c"] == ["R"] and q["z"] == "C"
+    assert q["c"] == ["R"] and q["z"] == tape_for(q["S"])
 
 
 @pytest.mark.parametrize("use_msgpack", [False, True], ids=["json", "msgpack"])
@@ -63,9 +64,10 @@ async def test_quotes_flow_for_subscribed_symbols_only_at_the_set_rate(use_msgpa
                 frame = await client.data()
                 frames += 1
                 assert len(frame) == 10
-                stamps = {t_ns(q) for q in frame}
-                assert len(stamps) == 1  # one send time per frame
-                assert abs(time.time_ns() - stamps.pop()) < NS_PER_SECOND
+                stamps = [t_ns(q) for q in frame]
+                # Each message its own time (was: one per frame), increasing, near the send.
+                assert len(set(stamps)) == len(stamps) and stamps == sorted(stamps)
+                assert abs(time.time_ns() - stamps[-1]) < NS_PER_SECOND
                 for q in frame:
                     check_quote(q, {"V"})
                     per_symbol[q["S"]] += 1
@@ -157,7 +159,7 @@ async def test_trades_and_wildcard() -> None:
                     if m["T"] == "t":
                         assert set(m) == {"T", "S", "i", "x", "p", "s", "c", "z", "t"}
                         assert m["p"] > 0 and is_cents(m["p"]) and type(m["s"]) is int
-                        assert m["z"] == "C"
+                        assert m["z"] == tape_for(m["S"])
                         ids.append(m["i"])
                     else:
                         check_quote(m, set(SIP_EXCHANGES))
@@ -212,7 +214,7 @@ async def test_msgpack_frames_are_binary_with_timestamp_ext() -> None:
             raw = await client.recv_raw()
             assert isinstance(raw, bytes)
             assert raw[:3] == b"\xdc\x00\x14"  # array16 of 20 messages
-            assert raw.count(b"\xd7\xff") >= 20  # timestamp64 ext, type -1
+            assert raw.count(b"\xc7\x0c\xff") >= 20  # timestamp96 ext, type -1
             frame = msgpack.unpackb(raw)
             assert all(isinstance(q["t"], msgpack.Timestamp) for q in frame)
             assert abs(time.time_ns() - frame[0]["t"].to_unix_nano()) < NS_PER_SECOND
@@ -296,3 +298,57 @@ async def test_close_code_is_recorded_when_the_client_closes_mid_stream() -> Non
             (ended,) = server.ended_sessions
             assert (ended.ended_by, ended.client_close_code) == ("client", 1000)
             assert list(server.stats.client_close_codes) == [1000]
+
+
+#: The keys of each message type as Alpaca's stream docs show them.
+DOCUMENTED_KEYS = {
+    "q": {"T", "S", "bx", "bp", "bs", "ax", "ap", "as", "c", "z", "t"},
+    "t": {"T", "S", "i", "x", "p", "s", "c", "z", "t"},
+    "b": {"T", "S", "o", "h", "l", "c", "v", "t", "n", "vw"},
+    "u": {"T", "S", "o", "h", "l", "c", "v", "t", "n", "vw"},
+    "d": {"T", "S", "o", "h", "l", "c", "v", "t", "n", "vw"},
+    "s": {"T", "S", "sc", "sm", "rc", "rm", "t", "z"},
+    "l": {"T", "S", "u", "d", "i", "t", "z"},
+    "i": {"T", "S", "p", "z", "t"},
+    "c": {"T", "S", "x", "oi", "op", "os", "oc", "ci", "cp", "cs", "cc", "z", "t"},
+    "x": {"T", "S", "i", "x", "p", "s", "a", "z", "t"},
+}
+
+
+@pytest.mark.parametrize("use_msgpack", [False, True], ids=["json", "msgpack"])
+async def test_every_acked_channel_carries_data_in_the_documented_shapes(
+    use_msgpack: bool,
+) -> None:
+    """Subscribing every stock channel brings every message type: quotes and trades at the
+    rate; each bar interval minute bars (of the streamed trades), daily bars, statuses, LULDs,
+    imbalances, a correction and a cancel of a streamed trade; updated bars half an interval
+    later. Tapes fit the symbols (AAPL C, SPY B, BRK.B A) and the IEX feed's venue is V."""
+    config = ServerConfig(rate=200, batch=5, bar_interval_s=0.2, seed=3)
+    symbols = ["AAPL", "SPY", "BRK.B"]
+    channels = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds",
+                "imbalances")  # fmt: skip
+    seen: dict[str, list[Message]] = {}
+    with anyio.fail_after(10):
+        async with (
+            running_server(config) as server,
+            connect(server, use_msgpack=use_msgpack, authenticate=True) as client,
+        ):
+            await client.subscribe(**{channel: symbols for channel in channels})
+            while set(seen) != set(DOCUMENTED_KEYS):
+                for m in await client.recv():
+                    seen.setdefault(m["T"], []).append(m)
+    tapes = {"AAPL": "C", "SPY": "B", "BRK.B": "A"}
+    trade_ids = {m["i"] for m in seen["t"]}
+    for kind, messages in seen.items():
+        for m in messages:
+            assert set(m) == DOCUMENTED_KEYS[kind], m
+            assert m["S"] in symbols
+            if "z" in m:
+                assert m["z"] == tapes[m["S"]]
+    assert all(m["x"] == "V" for m in seen["t"])
+    assert all(m["bx"] == "V" and m["ax"] == "V" for m in seen["q"])
+    assert {m["oi"] for m in seen["c"]} <= trade_ids and {m["i"] for m in seen["x"]} <= trade_ids
+    for bar in seen["b"]:  # a minute bar of the streamed trades
+        prices = [m["p"] for m in seen["t"] if m["S"] == bar["S"]]
+        assert bar["l"] <= min(prices) and max(prices) <= bar["h"]
+    assert {m["sc"] for m in seen["s"]} <= {"H", "T", "2", "3"}

@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 
 from adapters.alpaca_compatible_server.frames import (
     JSON_STAMP_WIDTH,
+    JSON_STEP_NS,
     MALFORMED_KINDS,
     MSGPACK_STAMP_WIDTH,
+    MSGPACK_STEP_NS,
     JsonCodec,
     MsgpackCodec,
     WireTime,
@@ -62,19 +64,27 @@ def items(*symbols: str) -> list[Item]:
 
 
 @given(st.integers(min_value=0, max_value=2**34 * NS_PER_SECOND - 1))
-def test_msgpack_stamp_is_a_fixed_width_timestamp_ext_that_round_trips(ts_ns: int) -> None:
-    stamp = MsgpackCodec().stamp(ts_ns)
-    assert len(stamp) == MSGPACK_STAMP_WIDTH and stamp[:2] == b"\xd7\xff"
-    decoded = msgpack.unpackb(stamp)
-    assert isinstance(decoded, msgpack.Timestamp)
-    assert decoded.to_unix_nano() == ts_ns
+def test_msgpack_stamp_is_a_fixed_width_timestamp96_that_round_trips(ts_ns: int) -> None:
+    codec = MsgpackCodec()
+    head, seconds = codec.stamp(ts_ns)
+    for index, count in ((0, 1), (3, 10), (99, 100)):
+        wire = codec.render((b"", codec.baked(index, count)), (head, seconds))
+        assert len(wire) == MSGPACK_STAMP_WIDTH and wire[:3] == b"\xc7\x0c\xff"
+        decoded = msgpack.unpackb(wire)
+        assert isinstance(decoded, msgpack.Timestamp)
+        base = ts_ns - ts_ns % MSGPACK_STEP_NS
+        assert decoded.to_unix_nano() == base + index * MSGPACK_STEP_NS // count
 
 
 @given(st.integers(min_value=0, max_value=253_402_300_799 * NS_PER_SECOND))
 def test_json_stamp_is_fixed_width_rfc3339_that_round_trips(ts_ns: int) -> None:
-    stamp = JsonCodec().stamp(ts_ns)
-    assert len(stamp) == JSON_STAMP_WIDTH
-    assert parse_rfc3339_ns(stamp.decode()) == ts_ns
+    codec = JsonCodec()
+    stamp = codec.stamp(ts_ns)
+    for index, count in ((0, 1), (3, 10), (99, 100)):
+        text = codec.render((b"", codec.baked(index, count)), stamp).decode()
+        assert len(text) == JSON_STAMP_WIDTH
+        base = ts_ns - ts_ns % JSON_STEP_NS
+        assert parse_rfc3339_ns(text) == base + index * JSON_STEP_NS // count
 
 
 def unframe(wire: bytes, opcode: int) -> bytes:
@@ -96,19 +106,30 @@ def test_pool_frames_render_with_the_stamp_in_every_message(batch: int) -> None:
     json, mp = JsonCodec(), MsgpackCodec()
     json_pool, msgpack_pool = json.pool(frames), mp.pool(frames)
     assert len(json_pool) == len(msgpack_pool) == len(frames)
+    json_stamps, _ = json.stamps(T, len(frames), 0)
+    msgpack_stamps, _ = mp.stamps(T, len(frames), 0)
+    last_json = last_msgpack = 0
     for index, expected in enumerate(frames):
-        ts = T + index
-        wire_json = json_pool.render(index, json.stamp(ts))
-        wire_msgpack = msgpack_pool.render(index, mp.stamp(ts))
+        wire_json = json_pool.render(index, json_stamps[index])
+        wire_msgpack = msgpack_pool.render(index, msgpack_stamps[index])
         assert len(wire_json) == json_pool.sizes[index]
         assert len(wire_msgpack) == msgpack_pool.sizes[index]
         as_json = decode_json(unframe(wire_json, 0x1).decode())
         as_msgpack = decode_msgpack(unframe(wire_msgpack, 0x2))
         assert len(as_json) == len(as_msgpack) == batch == json_pool.counts[index]
         for m_json, m_msgpack, m in zip(as_json, as_msgpack, expected, strict=True):
-            assert m_json == {**m, "t": format_ns(ts)}
-            assert m_msgpack == {**m, "t": msgpack.Timestamp.from_unix_nano(ts)}
+            assert {k: v for k, v in m_json.items() if k != "t"} == m
+            assert {k: v for k, v in m_msgpack.items() if k != "t"} == m
             assert list(m_json)[-1] == "t"
+            # Each message its own time: increasing within the frame and across frames (the
+            # messages of one frame are distinct up to 100 (JSON) / 256 (msgpack) per frame),
+            # none after the send time T.
+            t_json = parse_rfc3339_ns(m_json["t"])
+            t_msgpack = m_msgpack["t"].to_unix_nano()
+            assert T - 10_000_000 < t_json <= T and T - 10_000_000 < t_msgpack <= T
+            assert t_json > last_json or (batch > 100 and t_json == last_json)
+            assert t_msgpack > last_msgpack or (batch > 256 and t_msgpack == last_msgpack)
+            last_json, last_msgpack = t_json, t_msgpack
 
 
 @pytest.mark.parametrize(
