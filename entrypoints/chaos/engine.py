@@ -928,10 +928,11 @@ class Engine:
                 cached = await scene.reader.get_many(scene.symbols)
         except (ConnectionError, TimeoutError):
             return list(scene.symbols)
+        oldest, newest = now - int(FRESH_S * 1e9), now + int(FUTURE_SLACK_S * 1e9)
         return [
             s
             for s in scene.symbols
-            if s not in cached or cached[s].price.ts_event_ns < now - int(FRESH_S * 1e9)
+            if s not in cached or not oldest <= cached[s].price.ts_event_ns <= newest
         ]
 
     # --- monitors --------------------------------------------------------------------------
