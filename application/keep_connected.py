@@ -42,6 +42,7 @@ class KeepConnected:
         *,
         rng: Callable[[], float] | None = None,
         chunk_size: int = 400,
+        on_subscribed: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         self._feed = feed
         self._clock = clock
@@ -50,6 +51,7 @@ class KeepConnected:
         self._on_events = on_events
         self._rng = rng
         self._chunk_size = chunk_size
+        self._on_subscribed = on_subscribed
         self._session: FeedSession | None = None
         self._target: frozenset[str] = frozenset()
         self._ranked: list[str] = []  # the target, best first (who stays under a limit)
@@ -81,6 +83,8 @@ class KeepConnected:
                     self._status.confirmed = ack.confirmed.symbols()
                 to_add = [s for s in (ranked or sorted(plan.to_add)) if s in plan.to_add]
                 await self._subscribe(session, to_add)
+                if to_add and self._on_subscribed is not None:
+                    self._on_subscribed(frozenset(to_add) & self._status.confirmed)
             except RetryableFeedError as e:
                 log.warning("subscription change interrupted, will resubscribe on reconnect: %s", e)
 
@@ -156,6 +160,9 @@ class KeepConnected:
                         await self._subscribe(session, self._ranked)
                     status.set_state(ConnectionState.CONNECTED)
                     connected = True
+                    if self._on_subscribed is not None and status.confirmed:
+                        # After every (re)connect: what was missed meanwhile comes as a snapshot.
+                        self._on_subscribed(status.confirmed)
                     now = self._clock.monotonic()
                     status.connected_since = now
                     self._backoff.on_connected(now)
@@ -175,7 +182,9 @@ class KeepConnected:
                 delay = self._backoff.on_failure(self._rng, e.min_delay)
                 if delay is None:
                     reason = f"gave up after {self._backoff.attempts - 1} reconnect attempts: {e}"
-                    self._fail(FatalFeedError(reason, setting="MDS_RECONNECT_MAX_ATTEMPTS"))
+                    self._fail(
+                        FatalFeedError(reason, setting="MDS_RECONNECT_MAX_ATTEMPTS", lane_only=True)
+                    )
                 status.reconnect_attempts = self._backoff.attempts
                 status.reconnects += 1
                 if connected:

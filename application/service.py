@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import anyio
 
 from application.keep_connected import KeepConnected
-from application.status import ServiceStatus
+from application.status import Health, Role, ServiceStatus, StoreState
 from application.stream_prices import StreamMidPrices, StreamObserver
+from application.streams import Stream
 from application.sync_subscriptions import SyncSubscriptions
+from domain.assets import AssetClass
 from domain.backoff import BackoffPolicy
+from domain.connection import ConnectionState
 from domain.errors import FatalFeedError, FatalStoreError, PositionSourceError
 from domain.features import FeatureHealth
 from domain.staleness import DEFAULT_MAX_FUTURE_SKEW_S
@@ -46,12 +49,17 @@ class ServiceConfig:
     max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
     source: str = ""
     """The feed's name, published as the price's ``exchange`` (``IEX``, ``SIP``, ``SIM``...)."""
+    # Per-class symbol limits of the streams (a class not named here gets ``symbol_limit``).
+    symbol_limits: Mapping[AssetClass, int | None] = field(default_factory=dict)
 
 
 class MarketDataService:
+    """``feed`` is one QuoteFeed for every symbol (simulator, replay, tests), or one feed per
+    asset class (Alpaca: stocks, crypto, options), each run as its own :class:`Stream`."""
+
     def __init__(
         self,
-        feed: QuoteFeed,
+        feed: QuoteFeed | Mapping[AssetClass, QuoteFeed],
         cache: PriceCache,
         bus: EventBus,
         clock: Clock,
@@ -62,7 +70,6 @@ class MarketDataService:
         rng: Callable[[], float] | None = None,
         features: FeatureHealth | None = None,
     ) -> None:
-        self.feed = feed
         self.cache = cache
         self.bus = bus
         self.clock = clock
@@ -80,23 +87,135 @@ class MarketDataService:
             source=config.source,
             max_future_skew_s=config.max_future_skew_s,
         )
-        self.connection = KeepConnected(
-            feed,
-            clock,
-            self.status,
-            config.backoff,
-            self.stream.handle,
-            rng=rng if rng is not None else random.random,
-        )
+        self._rng = rng if rng is not None else random.random
+        self.subscribed_listeners: list[Callable[[Stream, frozenset[str]], None]] = []
+        self.streams: list[Stream] = []
+        if isinstance(feed, Mapping):
+            if not feed:
+                raise ValueError("at least one feed is needed")
+            for cls in AssetClass:  # stocks first: the primary stream
+                if cls in feed:
+                    status = ServiceStatus(started_at=self.status.started_at)
+                    limit = config.symbol_limits.get(cls, config.symbol_limit)
+                    self.streams.append(self._make_stream(cls.value, frozenset({cls}), feed[cls],
+                                                          status, limit, lazy=True))  # fmt: skip
+        else:
+            self.streams.append(
+                self._make_stream("all", None, feed, self.status, config.symbol_limit, lazy=False)
+            )
+        self.feed = self.streams[0].feed
+        self.connection = self.streams[0].connection
         self.sync = SyncSubscriptions(
             positions,
             config.static_symbols,
-            self.connection,
+            self.streams,
             clock,
             self.status,
             interval_s=config.sync_interval_s,
-            capacity=config.symbol_limit,
         )
+
+    def _make_stream(
+        self,
+        name: str,
+        classes: frozenset[AssetClass] | None,
+        feed: QuoteFeed,
+        status: ServiceStatus,
+        capacity: int | None,
+        *,
+        lazy: bool,
+    ) -> Stream:
+        holder: list[Stream] = []
+
+        def on_subscribed(symbols: frozenset[str]) -> None:
+            for listener in self.subscribed_listeners:
+                listener(holder[0], symbols)
+
+        connection = KeepConnected(
+            feed,
+            self.clock,
+            status,
+            self.config.backoff,
+            self.stream.handle,
+            rng=self._rng,
+            on_subscribed=on_subscribed,
+        )
+        stream = Stream(name, classes, feed, status, connection, capacity, lazy=lazy)
+        holder.append(stream)
+        return stream
+
+    # -- the service as a whole, across its streams --------------------------------------------
+    @property
+    def single(self) -> bool:
+        """One feed for every class (its stream's status is the service's)."""
+        return self.streams[0].status is self.status
+
+    def confirmed(self) -> frozenset[str]:
+        out: frozenset[str] = frozenset()
+        for stream in self.streams:
+            out |= stream.status.confirmed
+        return out
+
+    def connected(self) -> bool:
+        """Every stream that has symbols is connected (and at least one has)."""
+        if self.single:
+            return self.status.connected
+        active = [s for s in self.streams if s.active]
+        return bool(active) and all(s.status.connected for s in active)
+
+    def streaming(self) -> bool:
+        if self.single:
+            return self.status.streaming
+        return self.connected() and bool(self.confirmed()) and self.status.store is StoreState.OK
+
+    def connection_state(self) -> str:
+        if self.single:
+            return self.status.state.value
+        if self.status.fatal_error is not None:
+            return ConnectionState.FAILED.value
+        for stream in self.streams:
+            if stream.active and not stream.status.connected:
+                return stream.status.state.value
+        return (
+            ConnectionState.CONNECTED.value
+            if any(s.active for s in self.streams)
+            else ConnectionState.DISCONNECTED.value
+        )
+
+    def reconnect_attempts(self) -> int:
+        return max(s.status.reconnect_attempts for s in self.streams)
+
+    def reconnects(self) -> int:
+        return sum(s.status.reconnects for s in self.streams)
+
+    def last_message_ns(self) -> int | None:
+        times = [s.status.last_message_ns for s in self.streams]
+        known = [t for t in times if t is not None]
+        return max(known) if known else None
+
+    def health(self) -> Health:
+        status = self.status
+        if self.single:
+            return status.health()
+        if status.fatal_error is not None or all(s.disabled for s in self.streams):
+            return Health.FAILED
+        if status.role is Role.STANDBY:
+            return Health.HEALTHY if status.store is StoreState.OK else Health.DEGRADED
+        if status.store is not StoreState.OK:
+            return Health.DEGRADED
+        for stream in self.streams:
+            if stream.disabled is not None or (stream.active and not stream.status.connected):
+                return Health.DEGRADED
+        return Health.HEALTHY
+
+    def stream_details(self) -> list[str]:
+        """Per stream, why it is not streaming (disabled, or not connected), in words."""
+        details: list[str] = []
+        for stream in self.streams:
+            if stream.disabled is not None:
+                details.append(f"{stream.name} stream disabled: {stream.disabled}")
+            elif stream.active and not stream.status.connected:
+                details.append(f"{stream.name} stream {stream.status.state.value}")
+        return details
 
     async def sync_now(self) -> SubscriptionPlan | None:
         """Sync subscriptions now; None when positions could not be read (kept as they were)."""
@@ -119,6 +238,18 @@ class MarketDataService:
             await anyio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
+    async def _run_stream(self, stream: Stream) -> None:
+        try:
+            await stream.run()
+        except FatalFeedError as e:
+            self.status.fatal_error = str(e)
+            raise
+        if all(s.disabled is not None for s in self.streams):
+            # Nothing left to stream: the service fails as a single feed always did.
+            error = FatalFeedError(stream.disabled or "every stream failed", setting=None)
+            self.status.fatal_error = str(error)
+            raise error
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -129,7 +260,8 @@ class MarketDataService:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.stream.run)
                 await tg.start(self.sync.run)
-                tg.start_soon(self.connection.run)
+                for stream in self.streams:
+                    tg.start_soon(self._run_stream, stream)
                 if self.config.listen_for_position_changes:
                     tg.start_soon(self._listen_for_position_changes)
                 task_status.started()

@@ -54,6 +54,7 @@ class ServiceStatus:
     confirmed: frozenset[str] = frozenset()
     left_out: tuple[str, ...] = ()
     rejected: frozenset[str] = frozenset()
+    unrouted: frozenset[str] = frozenset()  # asset class not streamed (MDS_ASSET_CLASSES)
     last_sync_at: float | None = None
     last_sync_error: str | None = None
     pending_writes: int = 0

@@ -11,12 +11,13 @@ alone) keeps the current subscriptions, is logged once per outage, marks the fea
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import anyio
 
-from application.keep_connected import KeepConnected
 from application.status import ServiceStatus
+from application.streams import Stream
+from domain.assets import AssetClass, route
 from domain.errors import PositionSourceError
 from domain.features import POSITION_SYNC
 from domain.subscriptions import SubscriptionPlan, plan_subscriptions, rank_symbols
@@ -37,27 +38,31 @@ def _some(symbols: Iterable[str]) -> str:
 
 
 class SyncSubscriptions:
+    """Routes every desired symbol to the stream of its asset class (the position's class, else
+    the symbol's shape) and plans each stream within its own capacity. Symbols of a class no
+    stream serves (not in MDS_ASSET_CLASSES) are reported as ``unrouted``."""
+
     def __init__(
         self,
         positions: PositionSource | None,
         static_symbols: frozenset[str],
-        connection: KeepConnected,
+        streams: Sequence[Stream],
         clock: Clock,
         status: ServiceStatus,
         *,
         interval_s: float = 300.0,
-        capacity: int | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        if not streams:
+            raise ValueError("at least one stream is needed")
         self._positions = positions
         self._static = static_symbols
-        self._connection = connection
+        self._streams = list(streams)
         self._clock = clock
         self._status = status
         self._interval_s = interval_s
-        self._capacity = capacity
-        self._held: frozenset[str] = frozenset()
+        self._held: dict[str, AssetClass] = {}
         self._trigger = anyio.Event()
         self._lock = anyio.Lock()
         self.syncs = 0
@@ -74,23 +79,24 @@ class SyncSubscriptions:
         """Ask for a sync as soon as possible (coalesced with one already due)."""
         self._trigger.set()
 
-    def _capacity_now(self) -> int | None:
-        learned = self._connection.capacity
+    @staticmethod
+    def _capacity_now(stream: Stream) -> int | None:
+        learned = stream.connection.capacity
         if learned is None:
-            return self._capacity
-        return learned if self._capacity is None else min(learned, self._capacity)
+            return stream.capacity
+        return learned if stream.capacity is None else min(learned, stream.capacity)
 
     async def sync_now(self) -> SubscriptionPlan:
         """Read positions, plan, apply. When positions cannot be read, plans with the last known
         ones (so nothing is unsubscribed), records the error and raises
-        :class:`PositionSourceError`."""
+        :class:`PositionSourceError`. Returns the first stream's plan."""
         async with self._lock:
             status = self._status
             failure: PositionSourceError | None = None
             unexpected: Exception | None = None  # a bug, not an outage: its traceback is logged
             if self._positions is not None:
                 try:
-                    self._held = await self._positions.open_position_symbols()
+                    self._held = dict(await self._positions.open_positions())
                 except PositionSourceError as e:
                     failure = e
                 except Exception as e:
@@ -118,27 +124,77 @@ class SyncSubscriptions:
                 status.last_sync_error = None
                 if status.features.recover(POSITION_SYNC):
                     log.warning("positions readable again")
-            static = self._static - status.rejected
-            held = self._held - status.rejected
-            current = self._connection.target
-            plan = plan_subscriptions(held, static, current, self._capacity_now())
-            status.desired = held | static
-            status.left_out = plan.left_out
+            held_by_class = route(self._held, self._held)
+            static_by_class = route(self._static)
+            unrouted: set[str] = set()
+            for cls in held_by_class.keys() | static_by_class.keys():
+                if not any(stream.serves(cls) for stream in self._streams):
+                    unrouted |= held_by_class.get(cls, frozenset())
+                    unrouted |= static_by_class.get(cls, frozenset())
+            desired: set[str] = set()
+            left_out: set[str] = set()
+            plans: list[SubscriptionPlan] = []
+            for stream in self._streams:
+                plan = await self._sync_stream(stream, held_by_class, static_by_class)
+                plans.append(plan)
+                desired |= stream.status.desired
+                left_out.update(plan.left_out)
+            status.desired = frozenset(desired)
+            status.left_out = tuple(sorted(left_out))
+            status.unrouted = frozenset(unrouted)
             status.last_sync_at = self._clock.monotonic()
             self.syncs += 1
-            if plan.left_out:
+            if unrouted:
                 log.warning(
-                    "symbol capacity %s reached; %d left out: %s",
-                    self._capacity_now(),
-                    len(plan.left_out),
-                    _some(plan.left_out),
+                    "not streamed (asset class not in MDS_ASSET_CLASSES): %s", _some(unrouted)
                 )
-            if plan.changed:
-                log.info("subscriptions: +[%s] -[%s]", _some(plan.to_add), _some(plan.to_remove))
-            await self._connection.apply(plan, rank_symbols(held, static, current))
             if failure is not None:
                 raise failure
+            return plans[0]
+
+    async def _sync_stream(
+        self,
+        stream: Stream,
+        held_by_class: dict[AssetClass, frozenset[str]],
+        static_by_class: dict[AssetClass, frozenset[str]],
+    ) -> SubscriptionPlan:
+        st = stream.status
+        held: set[str] = set()
+        static: set[str] = set()
+        for cls, symbols in held_by_class.items():
+            if stream.serves(cls):
+                held |= symbols
+        for cls, symbols in static_by_class.items():
+            if stream.serves(cls):
+                static |= symbols
+        held_f = frozenset(held) - st.rejected
+        static_f = frozenset(static) - st.rejected
+        current = stream.connection.target
+        capacity = self._capacity_now(stream)
+        plan = plan_subscriptions(held_f, static_f, current, capacity)
+        st.desired = held_f | static_f
+        st.left_out = plan.left_out
+        st.last_sync_at = self._clock.monotonic()
+        if plan.left_out:
+            log.warning(
+                "%s stream: symbol capacity %s reached; %d left out: %s",
+                stream.name,
+                capacity,
+                len(plan.left_out),
+                _some(plan.left_out),
+            )
+        if stream.disabled is not None:
             return plan
+        if plan.changed:
+            log.info(
+                "%s subscriptions: +[%s] -[%s]",
+                stream.name,
+                _some(plan.to_add),
+                _some(plan.to_remove),
+            )
+        await stream.connection.apply(plan, rank_symbols(held_f, static_f, current))
+        stream.targets_changed()
+        return plan
 
     async def request(self) -> SubscriptionPlan:
         """Sync soon and return that sync's plan (``POST /subscriptions/sync``). Coalesced: at

@@ -78,12 +78,23 @@ class FeedStalled(RetryableFeedError):
 class FatalFeedError(FeedError):
     """Retrying cannot fix this (bad credentials, plan without the feed, insecure URL refused).
 
-    ``setting`` names the configuration variable an operator should check.
+    ``setting`` names the configuration variable an operator should check. ``lane_only`` says
+    the failure concerns this stream alone (a plan without this feed, reconnect attempts used
+    up): with several streams (stocks, crypto, options) only this one stops. Without it (bad
+    credentials) the whole service stops.
     """
 
-    def __init__(self, reason: str, *, code: int | None = None, setting: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        code: int | None = None,
+        setting: str | None = None,
+        lane_only: bool = False,
+    ) -> None:
         super().__init__(reason, code=code)
         self.setting = setting
+        self.lane_only = lane_only
 
     def __str__(self) -> str:
         text = super().__str__()

@@ -44,6 +44,7 @@ import anyio
 import httpx
 import orjson
 
+from domain.assets import AssetClass, classify, crypto_stream_symbol, parse_asset_class
 from domain.errors import InvalidSymbol, PositionSourceError
 from domain.ratelimit import TokenBucket
 from domain.symbols import validate_symbol
@@ -346,22 +347,39 @@ def _short(value: object) -> str:
 
 
 class _Collected:
-    """Symbols with non-zero qty, the invalid symbols and the malformed rows that were
-    skipped."""
+    """Symbols with non-zero qty and their asset class, the positions with a symbol or class
+    we cannot stream, and the malformed rows that were skipped."""
 
     def __init__(self) -> None:
-        self.symbols: set[str] = set()
+        self.positions: dict[str, AssetClass] = {}
         self.skipped: list[str] = []
         self.bad_rows: list[str] = []
 
-    def add(self, symbol: object, qty: Decimal) -> None:
+    @property
+    def symbols(self) -> frozenset[str]:
+        return frozenset(self.positions)
+
+    def add(self, symbol: object, qty: Decimal, asset_class: object = None) -> None:
+        """Keep ``symbol`` (in its stream's form) when ``qty`` is non-zero.
+
+        ``asset_class`` is the source's value: absent or None means "by the symbol's shape"; an
+        unknown value skips the position (reported), as does an invalid symbol.
+        """
+        cls: AssetClass | None = None
+        if asset_class is not None:
+            cls = parse_asset_class(asset_class)
+            if cls is None:
+                self.skipped.append(f"{_short(symbol)} (unknown asset_class {_short(asset_class)})")
+                return
+        if cls is AssetClass.CRYPTO and isinstance(symbol, str):
+            symbol = crypto_stream_symbol(symbol)  # Alpaca's positions say BTCUSD
         try:
             valid = validate_symbol(symbol)
         except InvalidSymbol as e:
             self.skipped.append(f"{_short(symbol)} ({e.why})")
             return
         if qty != 0:
-            self.symbols.add(valid)
+            self.positions[valid] = cls or classify(valid)
 
 
 def _shown_list(items: list[str]) -> str:
@@ -377,7 +395,7 @@ class _SkipLog:
         self.what = what
         self._last: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
-    def report(self, collected: _Collected) -> frozenset[str]:
+    def report(self, collected: _Collected) -> dict[str, AssetClass]:
         seen = (tuple(collected.skipped), tuple(collected.bad_rows))
         if seen != self._last:
             self._last = seen
@@ -395,7 +413,7 @@ class _SkipLog:
                     len(collected.bad_rows),
                     _shown_list(collected.bad_rows),
                 )
-        return frozenset(collected.symbols)
+        return dict(collected.positions)
 
 
 def parse_gateway_positions(body: object, what: str = "positions gateway") -> _Collected:
@@ -412,7 +430,7 @@ def parse_gateway_positions(body: object, what: str = "positions gateway") -> _C
         )
     collected = _Collected()
     for item, qty in _positions(items, what, collected):
-        collected.add(item["symbol"], qty)
+        collected.add(item["symbol"], qty, item.get("asset_class"))
     return collected
 
 
@@ -436,7 +454,7 @@ def parse_alpaca_positions(
         if skip:
             log.debug("%s: ignoring %s (asset class %r)", what, _short(item["symbol"]), asset_class)
             continue
-        collected.add(item["symbol"], qty)
+        collected.add(item["symbol"], qty, asset_class)
     return collected
 
 
@@ -467,7 +485,9 @@ class GatewayPositionSource(_OwnsHttpClient):
       "qty": "-5"}]``
     - an object holding that list: ``{"positions": [...], ...}`` (other keys are ignored).
 
-    Each object needs ``symbol`` and ``qty``; other keys are ignored. ``qty`` is a JSON number or
+    Each object needs ``symbol`` and ``qty``; an optional ``asset_class`` (``us_equity``,
+    ``crypto``, ``us_option``) routes it to that stream (else the symbol's shape decides; a
+    crypto pair may be written ``BTCUSD`` or ``BTC/USD``); other keys are ignored. ``qty`` is a JSON number or
     a numeric string (``"12.5"``); negative means short. A symbol is returned when any of its
     entries has a non-zero qty (entries are not netted: two books long and short still need the
     price). An empty list is a valid "no positions". Symbols must already be in Alpaca's format
@@ -512,12 +532,16 @@ class GatewayPositionSource(_OwnsHttpClient):
     def __repr__(self) -> str:
         return f"GatewayPositionSource({safe_url(self._http.url)!r})"
 
-    async def open_position_symbols(self) -> frozenset[str]:
-        """Symbols with a non-zero position; see the class docstring for shapes and errors."""
+    async def open_positions(self) -> dict[str, AssetClass]:
+        """Symbols with a non-zero position and their class; see the class docstring."""
         collected = parse_gateway_positions(await self._http.get_json())
         self.skipped_symbols += len(collected.skipped)
         self.skipped_rows += len(collected.bad_rows)
         return self._skip_log.report(collected)
+
+    async def open_position_symbols(self) -> frozenset[str]:
+        """The symbols of :meth:`open_positions`."""
+        return frozenset(await self.open_positions())
 
 
 class AlpacaPositionSource(_OwnsHttpClient):
@@ -530,9 +554,11 @@ class AlpacaPositionSource(_OwnsHttpClient):
     Alpaca answers a JSON list of Position objects whose numbers are strings
     (``{"symbol": "AAPL", "qty": "5", "side": "long", "asset_class": "us_equity", ...}``).
     A short may carry a negative ``qty`` or ``side: "short"`` with an unsigned one; either way
-    the symbol counts when ``qty`` is non-zero. Positions whose ``asset_class`` is not in
-    ``asset_classes`` (default: ``us_equity``, what the stocks stream carries) are ignored;
-    ``asset_classes=None`` keeps all. HTTP 401/403 raises :class:`PositionSourceError` telling
+    the symbol counts when ``qty`` is non-zero. Each keeps its ``asset_class`` (``us_equity``,
+    ``crypto``, ``us_option``), which routes it to its stream; crypto pairs come as ``BTCUSD``
+    and are returned in the stream's form ``BTC/USD``. Positions whose ``asset_class`` is not in
+    ``asset_classes`` (MDS_ASSET_CLASSES) are ignored; ``asset_classes=None`` (the default)
+    keeps all three; an unknown class is skipped and reported. HTTP 401/403 raises :class:`PositionSourceError` telling
     the operator to check ALPACA_API_KEY / ALPACA_SECRET_KEY (without ever quoting them); 429 is
     retried after ``Retry-After`` / ``X-Ratelimit-Reset`` (capped). Alpaca allows 200 requests a
     minute per account, shared with anything else using the same keys.
@@ -549,7 +575,7 @@ class AlpacaPositionSource(_OwnsHttpClient):
         backoff_s: float = DEFAULT_BACKOFF_S,
         max_retry_wait_s: float = DEFAULT_MAX_RETRY_WAIT_S,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        asset_classes: frozenset[str] | None = frozenset({"us_equity"}),
+        asset_classes: frozenset[str] | None = None,
         client_factory: ClientFactory | None = None,
         wall_clock: Callable[[], float] = time.time,
         max_calls_per_minute: float | None = None,
@@ -583,9 +609,13 @@ class AlpacaPositionSource(_OwnsHttpClient):
     def __repr__(self) -> str:
         return f"AlpacaPositionSource({self.base_url!r}, api_key='***', secret_key='***')"
 
-    async def open_position_symbols(self) -> frozenset[str]:
-        """Symbols with a non-zero position; see the class docstring for shapes and errors."""
+    async def open_positions(self) -> dict[str, AssetClass]:
+        """Symbols with a non-zero position and their class; see the class docstring."""
         collected = parse_alpaca_positions(await self._http.get_json(), self.asset_classes)
         self.skipped_symbols += len(collected.skipped)
         self.skipped_rows += len(collected.bad_rows)
         return self._skip_log.report(collected)
+
+    async def open_position_symbols(self) -> frozenset[str]:
+        """The symbols of :meth:`open_positions`."""
+        return frozenset(await self.open_positions())

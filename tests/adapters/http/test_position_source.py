@@ -18,6 +18,7 @@ from adapters.http.position_source import (
     GatewayPositionSource,
     safe_url,
 )
+from domain.assets import AssetClass
 from domain.errors import PositionSourceError
 from ports.position_source import PositionSource
 
@@ -44,7 +45,7 @@ async def fetch(source: GatewayPositionSource | AlpacaPositionSource) -> frozens
     port: PositionSource = source  # mypy checks the adapters against the port here
     async with source:
         with anyio.fail_after(120):  # virtual seconds: a guard, not a wait
-            return await port.open_position_symbols()
+            return frozenset(await port.open_positions())
 
 
 # --- gateway: shapes -----------------------------------------------------------------------------
@@ -419,20 +420,64 @@ async def test_alpaca_sends_key_headers_and_returns_non_zero_equities() -> None:
         route = respx.get(f"{ALPACA}/v2/positions").mock(
             return_value=httpx.Response(200, json=ALPACA_POSITIONS)
         )
-        assert await fetch(alpaca()) == {"AAPL", "TSLA", "GME", "SPY", "NOCLASS"}
+        assert await fetch(alpaca(asset_classes=frozenset({"us_equity"}))) == {
+            "AAPL", "TSLA", "GME", "SPY", "NOCLASS"
+        }  # fmt: skip
         request = route.calls.last.request
         assert request.headers["APCA-API-KEY-ID"] == KEY
         assert request.headers["APCA-API-SECRET-KEY"] == SECRET
         assert request.url.path == "/v2/positions"
 
 
-async def test_alpaca_asset_class_filter_can_be_turned_off() -> None:
+async def test_alpaca_positions_keep_their_asset_class_and_crypto_gets_the_stream_form() -> None:
     with respx.mock:
         respx.get(f"{ALPACA}/v2/positions").mock(
             return_value=httpx.Response(200, json=ALPACA_POSITIONS)
         )
-        symbols = await fetch(alpaca(asset_classes=None))
-    assert {"BTCUSD", "AAPL250117C00150000"} <= symbols
+        async with alpaca() as source:
+            positions = await source.open_positions()
+    assert positions == {
+        "AAPL": AssetClass.US_EQUITY,
+        "TSLA": AssetClass.US_EQUITY,
+        "GME": AssetClass.US_EQUITY,
+        "SPY": AssetClass.US_EQUITY,
+        "BTC/USD": AssetClass.CRYPTO,  # Alpaca's position says BTCUSD; the stream wants BTC/USD
+        "AAPL250117C00150000": AssetClass.US_OPTION,
+        "NOCLASS": AssetClass.US_EQUITY,  # no class: by its shape
+    }
+
+
+async def test_alpaca_unknown_asset_class_is_skipped_and_counted() -> None:
+    body = [
+        {"symbol": "AAPL", "qty": "1", "asset_class": "us_equity"},
+        {"symbol": "XAUUSD", "qty": "1", "asset_class": "metals"},
+    ]
+    with respx.mock:
+        respx.get(f"{ALPACA}/v2/positions").mock(return_value=httpx.Response(200, json=body))
+        async with alpaca() as source:
+            assert await source.open_positions() == {"AAPL": AssetClass.US_EQUITY}
+    assert source.skipped_symbols == 1
+
+
+async def test_gateway_items_may_name_their_asset_class() -> None:
+    body = [
+        {"symbol": "AAPL", "qty": 1},
+        {"symbol": "ETHUSD", "qty": "0.5", "asset_class": "crypto"},
+        {"symbol": "SOL/USD", "qty": 2},
+        {"symbol": "SPY250620P00500000", "qty": -1},
+        {"symbol": "ODD", "qty": 1, "asset_class": "US_OPTION"},
+    ]
+    with respx.mock:
+        respx.get(GATEWAY).mock(return_value=httpx.Response(200, json=body))
+        async with GatewayPositionSource(GATEWAY) as source:
+            positions = await source.open_positions()
+    assert positions == {
+        "AAPL": AssetClass.US_EQUITY,
+        "ETH/USD": AssetClass.CRYPTO,
+        "SOL/USD": AssetClass.CRYPTO,
+        "SPY250620P00500000": AssetClass.US_OPTION,
+        "ODD": AssetClass.US_OPTION,  # the item's class wins over the shape
+    }
 
 
 async def test_alpaca_base_url_trailing_slash_and_live_url() -> None:
