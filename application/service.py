@@ -199,8 +199,9 @@ class MarketDataService:
         if status.fatal_error is not None or all(s.disabled for s in self.streams):
             return Health.FAILED
         if status.role is Role.STANDBY:
-            return Health.HEALTHY if status.store is StoreState.OK else Health.DEGRADED
-        if status.store is not StoreState.OK:
+            ok = status.store is StoreState.OK and not status.features.failing
+            return Health.HEALTHY if ok else Health.DEGRADED
+        if status.store is not StoreState.OK or status.features.failing:
             return Health.DEGRADED
         for stream in self.streams:
             if stream.disabled is not None or (stream.active and not stream.status.connected):

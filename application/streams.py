@@ -62,11 +62,17 @@ class Stream:
             while not self.connection.target:
                 self._changed = anyio.Event()
                 await self._changed.wait()
+            fatal: FatalFeedError | None = None
             with anyio.CancelScope() as scope:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._stop_when_empty, scope)
-                    await self._connect_and_run()
+                    try:
+                        await self._connect_and_run()
+                    except FatalFeedError as e:
+                        fatal = e  # raised below, on its own (not in an ExceptionGroup)
                     tg.cancel_scope.cancel()
+            if fatal is not None:
+                raise fatal
 
     async def _stop_when_empty(self, scope: anyio.CancelScope) -> None:
         while self.connection.target:

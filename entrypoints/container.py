@@ -9,6 +9,8 @@ Tests override any provider: ``container.feed.override(providers.Object(fake))``
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,6 +24,7 @@ from adapters.memory import InMemoryEventBus, InMemoryPriceCache
 from adapters.simulated import SimulatedQuoteFeed
 from application.service import MarketDataService, ServiceConfig
 from application.stream_prices import StreamObserver
+from domain.assets import AssetClass
 from domain.backoff import BackoffPolicy
 from domain.features import FeatureHealth
 from entrypoints.settings import Settings
@@ -51,6 +54,42 @@ def make_alpaca_feed(settings: Settings, clock: Clock, features: FeatureHealth) 
     return AlpacaQuoteFeed(alpaca_feed_config(settings), now_ns=clock.now_ns, features=features)
 
 
+def make_alpaca_feeds(
+    settings: Settings, clock: Clock, features: FeatureHealth
+) -> dict[AssetClass, QuoteFeed]:
+    """One Alpaca stream per class in MDS_ASSET_CLASSES, each its own connection."""
+    base = alpaca_feed_config(settings)
+    configs = {
+        AssetClass.US_EQUITY: base,
+        # Recording stays with the stocks stream (one writer per file).
+        AssetClass.CRYPTO: replace(
+            base,
+            url=settings.crypto_stream_url,
+            url_setting="ALPACA_CRYPTO_STREAM_URL",
+            plan_hint="check the plan's crypto data",
+            record_path=None,
+        ),
+        # Options are msgpack only ("unlike the stock and crypto stream").
+        AssetClass.US_OPTION: replace(
+            base,
+            url=settings.options_stream_url,
+            fmt="msgpack",
+            url_setting="ALPACA_OPTIONS_STREAM_URL",
+            plan_hint=(
+                "options data needs the OPRA plan for .../v1beta1/opra; use "
+                "wss://stream.data.alpaca.markets/v1beta1/indicative, or leave us_option out "
+                "of MDS_ASSET_CLASSES"
+            ),
+            record_path=None,
+        ),
+    }
+    return {
+        cls: AlpacaQuoteFeed(config, now_ns=clock.now_ns, features=features)
+        for cls, config in configs.items()
+        if cls in settings.asset_classes
+    }
+
+
 def make_replay_feed(settings: Settings, clock: Clock) -> QuoteFeed:
     from adapters.replay import ReplayQuoteFeed
 
@@ -77,6 +116,7 @@ def make_position_source(settings: Settings) -> PositionSource | None:
             settings.alpaca_api_key.get_secret_value(),
             settings.alpaca_secret_key.get_secret_value(),
             max_calls_per_minute=settings.position_calls_per_minute,
+            asset_classes=frozenset(c.value for c in settings.asset_classes),
         )
     return None
 
@@ -114,9 +154,9 @@ class Container(containers.DeclarativeContainer):
     # Optional features report their failures here; /health and /metrics read it.
     features: providers.Provider[FeatureHealth] = providers.Singleton(FeatureHealth)
 
-    feed: providers.Provider[QuoteFeed] = providers.Selector(
+    feed: providers.Provider[QuoteFeed | Mapping[AssetClass, QuoteFeed]] = providers.Selector(
         settings.provided.feed,
-        alpaca=providers.Singleton(make_alpaca_feed, settings, clock, features),
+        alpaca=providers.Singleton(make_alpaca_feeds, settings, clock, features),
         sim=providers.Singleton(
             SimulatedQuoteFeed,
             clock,

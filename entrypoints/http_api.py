@@ -42,7 +42,7 @@ import importlib.resources
 import logging
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal, Protocol
 
 import anyio
@@ -89,6 +89,9 @@ class HealthInfo:
     role: Role
     ready: bool
     detail: str | None = None  # why degraded/failed/not ready, for humans
+    # Per stream (us_equity, crypto, us_option; "all" for a single feed): state, symbols,
+    # counters, and why it is disabled.
+    streams: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,8 @@ class SubscriptionsInfo:
     left_out: Sequence[str]
     rejected: Sequence[str] = ()
     last_sync_error: str | None = None
+    unrouted: Sequence[str] = ()  # asset class not streamed (MDS_ASSET_CLASSES)
+    streams: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
 
 class ServiceView(Protocol):
@@ -200,6 +205,8 @@ def _subscriptions_body(info: SubscriptionsInfo) -> dict[str, object]:
         "left_out": list(info.left_out),
         "rejected": list(info.rejected),
         "last_sync_error": info.last_sync_error,
+        "unrouted": list(info.unrouted),
+        "streams": {name: dict(body) for name, body in info.streams.items()},
     }
 
 

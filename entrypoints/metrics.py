@@ -53,6 +53,20 @@ NO_MID_REASONS: Final = ("empty_bid", "empty_ask", "crossed")
 
 
 @dataclass(frozen=True, slots=True)
+class StreamSnapshot:
+    """One stream's numbers (stocks, crypto, options: each its own connection)."""
+
+    name: str
+    connection_state: str
+    disabled: bool
+    subscribed_symbols: int
+    desired_symbols: int
+    reconnects: int
+    frames: int
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsSnapshot:
     """Plain values of everything counted elsewhere, at one moment. Counters are monotonic."""
 
@@ -85,6 +99,50 @@ class MetricsSnapshot:
     uptime_s: float = 0.0
     features_failing: frozenset[str] = frozenset()
     feature_failures: Mapping[str, int] = field(default_factory=dict)
+    streams: tuple[StreamSnapshot, ...] = ()
+
+    @classmethod
+    def from_service(cls, service: MarketDataService) -> MetricsSnapshot:
+        """Every stream's feed stats summed, the service's status, and one
+        :class:`StreamSnapshot` per stream."""
+        from dataclasses import replace
+
+        from domain.stats import FeedStats
+
+        streams = service.streams
+        total = FeedStats()
+        per_stream: list[StreamSnapshot] = []
+        for stream in streams:
+            stats = stream.feed.stats
+            total.messages.update(stats.messages)
+            total.decode_errors.update(stats.decode_errors)
+            total.errors_by_code.update(stats.errors_by_code)
+            total.frames += stats.frames
+            total.bytes += stats.bytes
+            per_stream.append(
+                StreamSnapshot(
+                    name=stream.name,
+                    connection_state=stream.status.state.value,
+                    disabled=stream.disabled is not None,
+                    subscribed_symbols=len(stream.status.confirmed),
+                    desired_symbols=len(stream.status.desired),
+                    reconnects=stream.status.reconnects,
+                    frames=stats.frames,
+                    messages=sum(stats.messages.values()),
+                )
+            )
+        base = cls.from_status(service.status, total, now=service.clock.monotonic())
+        if service.single:
+            return replace(base, streams=tuple(per_stream))
+        return replace(
+            base,
+            reconnects=service.reconnects(),
+            reconnect_attempts=service.reconnect_attempts(),
+            connection_state=service.connection_state(),
+            subscribed_symbols=len(service.confirmed()),
+            symbols_rejected=sum(s.status.counters["symbols_rejected"] for s in streams),
+            streams=tuple(per_stream),
+        )
 
     @classmethod
     def from_status(
@@ -194,11 +252,9 @@ class ServiceMetrics:
         every scrape (the same as ``bind`` with :meth:`MetricsSnapshot.from_status`)."""
 
         def read() -> MetricsSnapshot:
-            snapshot = MetricsSnapshot.from_status(
-                service.status, service.feed.stats, now=service.clock.monotonic()
-            )
+            snapshot = MetricsSnapshot.from_service(service)
             since = service.clock.now_ns() - int(FRESH_PRICE_S * 1e9)
-            unpriced = service.stream.count_unpriced(service.status.confirmed, since)
+            unpriced = service.stream.count_unpriced(service.confirmed(), since)
             return dataclasses.replace(snapshot, symbols_without_fresh_price=unpriced)
 
         self.bind(read)
@@ -355,3 +411,39 @@ class _SnapshotCollector(Collector):
             failures.add_metric([name], s.feature_failures.get(name, 0))
         yield failing
         yield failures
+        yield from _stream_metrics(ns, s.streams)
+
+
+def _stream_metrics(ns: str, streams: Iterable[StreamSnapshot]) -> Iterable[Metric]:
+    """Per stream (label ``stream``: us_equity, crypto, us_option, or all)."""
+    streams = list(streams)
+    state = GaugeMetricFamily(
+        f"{ns}_stream_connection_state",
+        "1 for the current state of each stream's connection, 0 for the others.",
+        labels=["stream", "state"],
+    )
+    for st in streams:
+        for candidate in ConnectionState:
+            state.add_metric(
+                [st.name, candidate.value], 1.0 if candidate.value == st.connection_state else 0
+            )
+    yield state
+    families: list[tuple[str, str, type[Metric], Callable[[StreamSnapshot], float]]] = [
+        ("stream_disabled", "1 when the stream stopped for good (its lane only).",
+         GaugeMetricFamily, lambda st: float(st.disabled)),
+        ("stream_subscribed_symbols", "Symbols the venue confirmed, per stream.",
+         GaugeMetricFamily, lambda st: st.subscribed_symbols),
+        ("stream_desired_symbols", "Symbols routed to the stream.",
+         GaugeMetricFamily, lambda st: st.desired_symbols),
+        ("stream_reconnects", "Reconnects of the stream since start.",
+         CounterMetricFamily, lambda st: st.reconnects),
+        ("stream_frames", "WebSocket frames the stream received.",
+         CounterMetricFamily, lambda st: st.frames),
+        ("stream_messages", "Messages the stream received.",
+         CounterMetricFamily, lambda st: st.messages),
+    ]  # fmt: skip
+    for name, doc, kind, value in families:
+        family = kind(f"{ns}_{name}", doc, labels=["stream"])  # type: ignore[call-arg]
+        for st in streams:
+            family.add_metric([st.name], value(st))  # type: ignore[attr-defined]
+        yield family

@@ -98,7 +98,7 @@ async def log_summary(service: MarketDataService, every_s: float = SUMMARY_EVERY
         count = counters["prices"]
         rate = (count - last_count) / every_s
         last_count = count
-        symbols = sorted(service.status.confirmed)
+        symbols = sorted(service.confirmed())
         try:
             prices = await service.cache.get_many(symbols) if symbols else {}
         except ConnectionError:

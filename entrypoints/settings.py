@@ -36,6 +36,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from domain.assets import ALL_ASSET_CLASSES, AssetClass, parse_asset_classes
 from domain.errors import InvalidSymbol
 from domain.symbols import parse_symbol_list
 from entrypoints.config import messages, readme_table
@@ -58,6 +59,9 @@ RedisMode: TypeAlias = Literal["memory", "single", "sentinel", "cluster"]
 
 DEFAULT_STREAM_URL: Final = "wss://stream.data.alpaca.markets/v2/iex"
 DEFAULT_TRADING_URL: Final = "https://paper-api.alpaca.markets"
+DEFAULT_CRYPTO_STREAM_URL: Final = "wss://stream.data.alpaca.markets/v1beta3/crypto/us"
+DEFAULT_OPTIONS_STREAM_URL: Final = "wss://stream.data.alpaca.markets/v1beta1/indicative"
+DEFAULT_DATA_URL: Final = "https://data.alpaca.markets"
 DEFAULT_SIM_SYMBOLS: Final = frozenset({"AAPL", "MSFT", "SPY"})
 
 
@@ -131,6 +135,41 @@ class Settings(BaseSettings):
             "APCA-API-KEY-ID/APCA-API-SECRET-KEY headers: one round trip less per reconnect, "
             "keys never inside a frame; falls back to the auth message if the venue does not "
             "confirm within 2 s) or `message` (the auth message after `connected`, as the SDKs)."
+        ),
+    )
+    crypto_stream_url: str = Field(
+        default=DEFAULT_CRYPTO_STREAM_URL,
+        validation_alias="ALPACA_CRYPTO_STREAM_URL",
+        description=(
+            "Crypto WebSocket URL (pairs like `BTC/USD`, around the clock; JSON or msgpack as "
+            "ALPACA_STREAM_FORMAT). `ws://` only to loopback unless MDS_ALLOW_INSECURE_WS."
+        ),
+    )
+    options_stream_url: str = Field(
+        default=DEFAULT_OPTIONS_STREAM_URL,
+        validation_alias="ALPACA_OPTIONS_STREAM_URL",
+        description=(
+            "Options WebSocket URL: `.../v1beta1/indicative` (free) or `.../v1beta1/opra` (needs "
+            "the OPRA plan, else 409 disables options only); always msgpack; OCC symbols."
+        ),
+    )
+    asset_classes: Annotated[frozenset[AssetClass], NoDecode] = Field(
+        default=ALL_ASSET_CLASSES,
+        validation_alias="MDS_ASSET_CLASSES",
+        description=(
+            "Asset classes to stream with MDS_FEED=alpaca, each on its own connection: "
+            "`us_equity,crypto,us_option` (a symbol's class: its position's `asset_class`, else "
+            "its shape: `BASE/QUOTE` crypto, OCC option, else stock). Symbols of other classes "
+            "are reported as unrouted."
+        ),
+        json_schema_extra=_doc("`us_equity,crypto,us_option`"),
+    )
+    data_url: str = Field(
+        default=DEFAULT_DATA_URL,
+        validation_alias="ALPACA_DATA_URL",
+        description=(
+            "Alpaca market-data REST API, read for the initial image (latest quotes). "
+            "`http://` only to loopback."
         ),
     )
     trading_url: str = Field(
@@ -241,6 +280,18 @@ class Settings(BaseSettings):
             "/health says degraded."
         ),
         json_schema_extra=_doc("unset (no recording)"),
+    )
+
+    initial_image: bool = Field(
+        default_factory=lambda data: (
+            data.get("feed") == "alpaca" and data.get("alpaca_api_key") is not None
+        ),
+        validation_alias="MDS_INITIAL_IMAGE",
+        description=(
+            "On subscribe and after every reconnect, price each symbol at once from the latest "
+            "quote over REST (ALPACA_DATA_URL); never over a newer streamed price."
+        ),
+        json_schema_extra=_doc("`true` with MDS_FEED=alpaca and keys, else `false`"),
     )
 
     # -- positions -------------------------------------------------------------------------------
@@ -466,13 +517,18 @@ class Settings(BaseSettings):
             return "WARNING" if value == "WARN" else value
         return value
 
-    @field_validator("stream_url", mode="after")
+    @field_validator("stream_url", "crypto_stream_url", "options_stream_url", mode="after")
     @classmethod
     def _stream_url(cls, value: str) -> str:
         _split_url(value, frozenset({"ws", "wss"}))
         return value
 
-    @field_validator("trading_url", mode="after")
+    @field_validator("asset_classes", mode="before")
+    @classmethod
+    def _asset_classes(cls, value: object) -> object:
+        return parse_asset_classes(value) if isinstance(value, str) else value
+
+    @field_validator("trading_url", "data_url", mode="after")
     @classmethod
     def _trading_url(cls, value: str) -> str:
         parts = _split_url(value, frozenset({"http", "https"}))
@@ -656,15 +712,25 @@ class Settings(BaseSettings):
                 f"MDS_RECONNECT_BASE_DELAY: must be <= MDS_RECONNECT_MAX_DELAY "
                 f"(got {self.reconnect_base_delay_s:g} > {self.reconnect_max_delay_s:g})"
             )
-        stream = urlsplit(self.stream_url)
-        if (
-            stream.scheme == "ws"
-            and not is_loopback_host(stream.hostname)
-            and not self.allow_insecure_ws
+        for env, url in (
+            ("ALPACA_STREAM_URL", self.stream_url),
+            ("ALPACA_CRYPTO_STREAM_URL", self.crypto_stream_url),
+            ("ALPACA_OPTIONS_STREAM_URL", self.options_stream_url),
         ):
+            stream = urlsplit(url)
+            if (
+                stream.scheme == "ws"
+                and not is_loopback_host(stream.hostname)
+                and not self.allow_insecure_ws
+            ):
+                problems.append(
+                    f"{env}: ws:// to a non-loopback host sends the keys in clear; use "
+                    "wss:// or set MDS_ALLOW_INSECURE_WS=true"
+                )
+        if self.initial_image and not self.has_alpaca_keys:
             problems.append(
-                "ALPACA_STREAM_URL: ws:// to a non-loopback host sends the keys in clear; use "
-                "wss:// or set MDS_ALLOW_INSECURE_WS=true"
+                "MDS_INITIAL_IMAGE: needs ALPACA_API_KEY and ALPACA_SECRET_KEY (the latest "
+                "quotes come from Alpaca's market-data API)"
             )
         if self.redis_cluster and self.redis_sentinels:
             problems.append(

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from application.service import MarketDataService
 from application.status import Health, Role, StoreState
+from application.streams import Stream
 from domain.staleness import DEFAULT_MAX_FUTURE_SKEW_S, AgedPrice
 from domain.timestamps import format_ns
 from entrypoints.http_api import HealthInfo, RedisState, SubscriptionsInfo, Unavailable
@@ -31,9 +32,12 @@ class ServiceViewAdapter:
         return "ok" if self._service.status.store is StoreState.OK else "degraded"
 
     def health(self) -> HealthInfo:
-        status = self._service.status
-        health = status.health()
-        ready = status.role is Role.LEADER and status.streaming
+        service = self._service
+        status = service.status
+        health = service.health()
+        ready = status.role is Role.LEADER and service.streaming()
+        connected = service.connected()
+        confirmed = service.confirmed()
         detail: str | None = None
         if status.fatal_error is not None:
             detail = status.fatal_error
@@ -41,14 +45,16 @@ class ServiceViewAdapter:
             detail = "standby: another instance holds the lease and streams"
         elif status.store is not StoreState.OK:
             detail = f"price store unavailable: {status.store_error}"
-        elif not status.connected:
-            detail = f"feed {status.state.value}"
+        elif not service.single and service.stream_details():
+            detail = "; ".join(service.stream_details())
+        elif not connected:
+            detail = f"feed {service.connection_state()}"
         elif not status.desired:
             detail = (
                 "connected, but nothing will be priced: no symbol to subscribe (set "
                 "MDS_SYMBOLS=AAPL,MSFT, or MDS_POSITION_SOURCE to follow open positions)"
             )
-        elif not status.confirmed:
+        elif not confirmed:
             detail = "connected, but no symbol subscribed"
         elif status.left_out:
             detail = f"{len(status.left_out)} symbols left out by the symbol limit"
@@ -60,19 +66,20 @@ class ServiceViewAdapter:
             detail = future if detail is None else f"{detail}; {future}"
             if health is Health.HEALTHY:
                 health = Health.DEGRADED
-        last = status.last_message_ns
+        last = service.last_message_ns()
         return HealthInfo(
             status=health.value,
-            websocket_connected=status.connected,
-            subscribed_symbols=len(status.confirmed),
-            reconnect_attempts=status.reconnect_attempts,
+            websocket_connected=connected,
+            subscribed_symbols=len(confirmed),
+            reconnect_attempts=service.reconnect_attempts(),
             last_message_time=format_ns(last) if last is not None else None,
-            connection_state=status.state.value,
+            connection_state=service.connection_state(),
             redis=self._redis_state(),
-            uptime_s=round(status.uptime_s(self._service.clock.monotonic()), 3),
+            uptime_s=round(status.uptime_s(service.clock.monotonic()), 3),
             role=status.role.value,
             ready=ready and health is not Health.FAILED,
             detail=detail,
+            streams={stream.name: _stream_health(stream) for stream in service.streams},
         )
 
     async def get_prices(self, symbols: Sequence[str]) -> Mapping[str, AgedPrice]:
@@ -82,13 +89,28 @@ class ServiceViewAdapter:
         return {s: AgedPrice.at(p, now, self._max_age_s, skew) for s, p in prices.items()}
 
     def subscriptions(self) -> SubscriptionsInfo:
-        status = self._service.status
+        service = self._service
+        status = service.status
+        rejected: frozenset[str] = frozenset()
+        for stream in service.streams:
+            rejected |= stream.status.rejected
         return SubscriptionsInfo(
             desired=sorted(status.desired),
-            confirmed=sorted(status.confirmed),
+            confirmed=sorted(service.confirmed()),
             left_out=list(status.left_out),
-            rejected=sorted(status.rejected),
+            rejected=sorted(rejected),
             last_sync_error=status.last_sync_error,
+            unrouted=sorted(status.unrouted),
+            streams={
+                stream.name: {
+                    "desired": sorted(stream.status.desired),
+                    "confirmed": sorted(stream.status.confirmed),
+                    "left_out": list(stream.status.left_out),
+                    "rejected": sorted(stream.status.rejected),
+                    "disabled": stream.disabled,
+                }
+                for stream in service.streams
+            },
         )
 
     async def sync_now(self) -> SubscriptionsInfo:
@@ -96,3 +118,24 @@ class ServiceViewAdapter:
             raise Unavailable("standby instance: the leader syncs subscriptions")
         await self._service.sync.request()  # coalesced: one running, one pending
         return self.subscriptions()
+
+
+def _stream_health(stream: Stream) -> dict[str, object]:
+    st = stream.status
+    last = st.last_message_ns
+    if stream.disabled is not None:
+        state = "disabled"
+    elif not stream.active and not st.connected:
+        state = "idle"  # no symbols: not connected, on purpose
+    else:
+        state = st.state.value
+    return {
+        "state": state,
+        "connected": st.connected,
+        "subscribed_symbols": len(st.confirmed),
+        "desired_symbols": len(st.desired),
+        "reconnects": st.reconnects,
+        "reconnect_attempts": st.reconnect_attempts,
+        "last_message_time": format_ns(last) if last is not None else None,
+        "detail": stream.disabled,
+    }

@@ -104,6 +104,8 @@ class AlpacaFeedConfig:
     record_path: Path | None = None
     auth: AuthMode = "header"
     header_auth_wait_s: float = 2.0
+    url_setting: str = URL_SETTING  # the variable an operator should check for this stream
+    plan_hint: str = "use wss://stream.data.alpaca.markets/v2/iex on the free plan"
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, Secret) or not isinstance(self.secret_key, Secret):
@@ -145,23 +147,23 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def check_transport(url: str, allow_insecure: bool) -> None:
+def check_transport(url: str, allow_insecure: bool, setting: str = URL_SETTING) -> None:
     """Refuse a URL the adapter must not use; touches no network.
 
     ``wss://`` is always fine; ``ws://`` only to a loopback host, or anywhere when
     ``allow_insecure`` (then a WARNING is logged, as the keys would travel in clear text).
-    Raises :class:`FatalFeedError` naming ``ALPACA_STREAM_URL`` otherwise.
+    Raises :class:`FatalFeedError` naming ``setting`` (``ALPACA_STREAM_URL``) otherwise.
     """
     try:
         parts = urlsplit(url)
         host = parts.hostname
         _ = parts.port  # raises ValueError for a bad port
     except ValueError as e:
-        raise FatalFeedError(f"invalid stream URL: {e}", setting=URL_SETTING) from e
+        raise FatalFeedError(f"invalid stream URL: {e}", setting=setting) from e
     if parts.scheme not in ("ws", "wss") or not host:
         raise FatalFeedError(
             f"stream URL must be wss://host/path (got scheme {parts.scheme!r})",
-            setting=URL_SETTING,
+            setting=setting,
         )
     if parts.scheme == "wss" or is_loopback_host(host):
         return
@@ -170,7 +172,7 @@ def check_transport(url: str, allow_insecure: bool) -> None:
             f"refusing unencrypted ws:// to non-loopback host {host!r}: the API keys would "
             f"travel in clear text; use wss:// (or set {INSECURE_SETTING}=true for a trusted "
             "network)",
-            setting=URL_SETTING,
+            setting=setting,
         )
     log.warning(
         "INSECURE: streaming over unencrypted ws:// to %s (%s is set); API keys and data "

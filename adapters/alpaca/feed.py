@@ -59,7 +59,7 @@ import orjson
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
-from adapters.alpaca.config import URL_SETTING, AlpacaFeedConfig, check_transport
+from adapters.alpaca.config import AlpacaFeedConfig, check_transport
 from adapters.alpaca.recorder import FrameRecorder
 from adapters.alpaca.transport import check_library, dial
 from adapters.alpaca.wire import (
@@ -400,15 +400,18 @@ class AlpacaSession:
                 setting=KEYS_SETTING,
             )  # fmt: skip
         if code == 409:
+            # The plan lacks this feed: only this stream stops (stocks, crypto and options are
+            # separate streams); the service stops when no other stream has symbols.
             return FatalFeedError(
-                "insufficient subscription: the plan does not include this feed; use "
-                "wss://stream.data.alpaca.markets/v2/iex on the free plan",
-                code=code, setting=URL_SETTING,
+                f"insufficient subscription: the plan does not include this feed; "
+                f"{self._config.plan_hint}",
+                code=code, setting=self._config.url_setting, lane_only=True,
             )  # fmt: skip
         if code == 412:
             return FatalFeedError(
-                f"{text}: this stream needs msgpack", code=code, setting=URL_SETTING
-            )
+                f"{text}: this stream needs msgpack", code=code,
+                setting=self._config.url_setting, lane_only=True,
+            )  # fmt: skip
         if code == 406:
             return FeedUnavailable(
                 "connection limit exceeded: another session holds the single connection slot for "
@@ -588,7 +591,7 @@ class AlpacaQuoteFeed:
         now_ns: Callable[[], int] = time.time_ns,
         features: FeatureHealth | None = None,
     ) -> None:
-        check_transport(config.url, config.allow_insecure)
+        check_transport(config.url, config.allow_insecure, config.url_setting)
         check_library()
         self._config = config
         self._now_ns = now_ns

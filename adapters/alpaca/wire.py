@@ -22,6 +22,10 @@ that dispatches on ``T`` and builds the domain values positionally. Sample paylo
     {"T":"subscription","quotes":["AAPL"],...}                       -> control (dict as-is)
 
 Rules:
+- The crypto stream (``/v1beta3/crypto/us``) and the option stream (``/v1beta1/{indicative|
+  opra}``) speak the same format: a crypto quote has no ``bx``/``ax``/``c``/``z`` and
+  fractional sizes (``{"T":"q","S":"BTC/USD","bp":97000.5,"bs":0.25,"ap":97001.5,"as":1.2,
+  "t":"..."}``); an option quote carries its one condition as a string (``"c":"A"``).
 - ``t`` is an RFC-3339 string in JSON (0 to 9 fraction digits) and a msgpack Timestamp
   extension (type -1) in msgpack, unpacked straight to integer nanoseconds.
 - Prices may arrive as integers (``136``): they become floats. A missing ``bp``/``ap`` is 0.0,
@@ -147,6 +151,8 @@ def _ts_json(value: object) -> int:
 
 def _conditions(value: object) -> tuple[str, ...]:
     if type(value) is not list:
+        if type(value) is str:  # option quotes and trades carry one condition as a string
+            return (value,)
         raise _Malformed("bad_field", f"conditions are not a list: {value!r}")
     for item in value:
         if type(item) is not str:

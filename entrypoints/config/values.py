@@ -11,7 +11,17 @@ from urllib.parse import SplitResult, urlsplit
 NONE_WORDS: Final = frozenset({"", "none", "null", "unlimited", "off"})
 LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 HOSTNAME: Final = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?)+")
-URL_FIELDS: Final = frozenset({"redis_url", "positions_url", "stream_url", "trading_url"})
+URL_FIELDS: Final = frozenset(
+    {
+        "redis_url",
+        "positions_url",
+        "stream_url",
+        "trading_url",
+        "crypto_stream_url",
+        "options_stream_url",
+        "data_url",
+    }
+)
 SECRET_FIELDS: Final = frozenset({"alpaca_api_key", "alpaca_secret_key", "http_token"})
 
 

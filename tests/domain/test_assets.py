@@ -87,7 +87,7 @@ def test_shib_mid_is_exact() -> None:
     assert repr(exact_mid(0.00000912, 0.00000913)) == "9.125e-06"
     assert Decimal(repr(exact_mid(0.00000912, 0.00000913))) == Decimal("0.000009125")
     quote = Quote("SHIB/USD", 0.00000912, 1.5e9, 0.00000913, 2.25e8, "", "", (), "", 1, 2)
-    price = price_from_quote(quote)
+    price = price_from_quote(quote, "CRYPTO_US")
     assert isinstance(price, Price)
     assert Price.from_json(price.to_json()).mid == 0.000009125
 

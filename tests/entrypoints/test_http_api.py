@@ -138,6 +138,7 @@ async def test_health_reports_every_field(client: httpx.AsyncClient) -> None:
         "role": "leader",
         "ready": True,
         "detail": None,
+        "streams": {},
     }
     assert r.headers["cache-control"] == "no-store"
 
@@ -334,6 +335,8 @@ async def test_subscriptions(client: httpx.AsyncClient) -> None:
         "left_out": ["TSLA"],
         "rejected": [],
         "last_sync_error": None,
+        "unrouted": [],
+        "streams": {},
     }
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from domain.assets import AssetClass
 from entrypoints.settings import (
     DEFAULT_STREAM_URL,
     DEFAULT_TRADING_URL,
@@ -140,6 +141,28 @@ PARSED: list[tuple[dict[str, str], str, Any]] = [
         "ws://feed.lan/v2/iex",
     ),
     ({"ALPACA_STREAM_FORMAT": "json"}, "stream_format", "json"),
+    (
+        {"ALPACA_CRYPTO_STREAM_URL": "ws://127.0.0.1:8765/v1beta3/crypto/us"},
+        "crypto_stream_url",
+        "ws://127.0.0.1:8765/v1beta3/crypto/us",
+    ),
+    (
+        {"ALPACA_OPTIONS_STREAM_URL": "wss://stream.data.alpaca.markets/v1beta1/opra"},
+        "options_stream_url",
+        "wss://stream.data.alpaca.markets/v1beta1/opra",
+    ),
+    ({}, "asset_classes", frozenset(AssetClass)),
+    (
+        {"MDS_ASSET_CLASSES": " us_equity, CRYPTO"},
+        "asset_classes",
+        frozenset({AssetClass.US_EQUITY, AssetClass.CRYPTO}),
+    ),
+    ({}, "data_url", "https://data.alpaca.markets"),
+    ({"ALPACA_DATA_URL": "http://127.0.0.1:8765/"}, "data_url", "http://127.0.0.1:8765"),
+    ({}, "initial_image", False),
+    (KEYS, "initial_image", True),
+    ({**KEYS, "MDS_INITIAL_IMAGE": "false"}, "initial_image", False),
+    ({**KEYS, "MDS_FEED": "sim", "MDS_INITIAL_IMAGE": "on"}, "initial_image", True),
     ({"ALPACA_STREAM_FORMAT": " MsgPack "}, "stream_format", "msgpack"),
     ({}, "stream_auth", "header"),
     ({"ALPACA_AUTH": " Message "}, "stream_auth", "message"),
@@ -259,6 +282,12 @@ def test_redis_modes() -> None:
 # --- invalid values name their variable ----------------------------------------------------------
 
 INVALID: list[tuple[str, str]] = [
+    ("ALPACA_CRYPTO_STREAM_URL", "https://stream.data.alpaca.markets/v1beta3/crypto/us"),
+    ("ALPACA_OPTIONS_STREAM_URL", "wss://"),
+    ("MDS_ASSET_CLASSES", "us_equity,bonds"),
+    ("MDS_ASSET_CLASSES", ","),
+    ("ALPACA_DATA_URL", "http://data.alpaca.markets"),
+    ("MDS_INITIAL_IMAGE", "maybe"),
     ("ALPACA_STREAM_URL", "https://stream.data.alpaca.markets/v2/iex"),
     ("ALPACA_STREAM_URL", "wss://"),
     ("ALPACA_STREAM_URL", "wss://host:notaport/v2"),

@@ -204,7 +204,7 @@ GOOD = {"T": "q", "S": "AAPL", "bp": 1.0, "ap": 2.0, "t": "2024-07-24T07:56:53Z"
         ({**GOOD, "ap": -1}, "bad_field"),
         ({**GOOD, "ap": None}, "bad_field"),
         ({**GOOD, "bs": "3"}, "bad_field"),
-        ({**GOOD, "c": "R"}, "bad_field"),
+        ({**GOOD, "c": 5}, "bad_field"),
         ({**GOOD, "c": [1]}, "bad_field"),
         ({**GOOD, "S": 5}, "bad_field"),
         ({**GOOD, "bx": None}, "bad_field"),
@@ -385,3 +385,39 @@ def test_decoding_arbitrary_bytes_never_raises(data: bytes) -> None:
     stats = FeedStats()
     decode_frame(data, R, stats)
     assert stats.frames == 1
+
+
+# -- crypto and option quotes ------------------------------------------------------------------
+
+
+def test_crypto_quotes_decode_with_fractional_sizes_and_no_venue_fields() -> None:
+    frame = [
+        {"T": "q", "S": "BTC/USD", "bp": 97000.5, "bs": 0.25, "ap": 97001.5, "as": 1.2,
+         "t": "2024-07-24T07:56:53.123456789Z"},
+        {"T": "q", "S": "SHIB/USD", "bp": 0.00000912, "bs": 15000000.5, "ap": 0.00000913,
+         "as": 2000000, "t": "2024-07-24T07:56:53Z"},
+    ]  # fmt: skip
+    for raw in (orjson.dumps(frame).decode(), msgpack.packb(frame)):
+        stats = FeedStats()
+        events, _ = decode_frame(raw, R, stats)
+        assert stats.decode_errors == {}
+        assert events == [
+            Quote("BTC/USD", 97000.5, 0.25, 97001.5, 1.2, "", "", (), "", S + 123_456_789, R),
+            Quote("SHIB/USD", 0.00000912, 15000000.5, 0.00000913, 2000000, "", "", (), "", S, R),
+        ]
+        shib = price_from_quote(events[1], "CRYPTO_US")  # type: ignore[arg-type]
+        assert isinstance(shib, Price) and repr(shib.mid) == "9.125e-06"
+
+
+def test_option_quotes_decode_from_msgpack_with_a_single_condition() -> None:
+    frame = [
+        {"T": "q", "S": "AAPL250117C00150000", "bx": "C", "bp": 1.05, "bs": 12, "ax": "X",
+         "ap": 1.1, "as": 7, "c": "A", "t": msgpack.Timestamp(1_721_807_813, 5)},
+    ]  # fmt: skip
+    stats = FeedStats()
+    events, _ = decode_frame(msgpack.packb(frame, datetime=False), R, stats)
+    assert events == [
+        Quote("AAPL250117C00150000", 1.05, 12, 1.1, 7, "C", "X", ("A",), "", S + 5, R)
+    ]
+    price = price_from_quote(events[0], "INDICATIVE")  # type: ignore[arg-type]
+    assert isinstance(price, Price) and repr(price.mid) == "1.075"
