@@ -487,13 +487,13 @@ class GatewayPositionSource(_OwnsHttpClient):
 
     Each object needs ``symbol`` and ``qty``; an optional ``asset_class`` (``us_equity``,
     ``crypto``, ``us_option``) routes it to that stream (else the symbol's shape decides; a
-    crypto pair may be written ``BTCUSD`` or ``BTC/USD``); other keys are ignored. ``qty`` is a JSON number or
-    a numeric string (``"12.5"``); negative means short. A symbol is returned when any of its
-    entries has a non-zero qty (entries are not netted: two books long and short still need the
-    price). An empty list is a valid "no positions". Symbols must already be in Alpaca's format
-    (``BRK.B``, upper case): others are logged and skipped. A malformed entry (no
-    ``symbol``/``qty``, a qty that is not a finite number) is skipped and counted; an answer that
-    is not JSON, has another shape, or whose entries are all malformed raises
+    crypto pair may be written ``BTCUSD`` or ``BTC/USD``); other keys are ignored. ``qty`` is a
+    JSON number or a numeric string (``"12.5"``); negative means short. A symbol is returned
+    when any of its entries has a non-zero qty (entries are not netted: two books long and short
+    still need the price). An empty list is a valid "no positions". Symbols must already be in
+    Alpaca's format (``BRK.B``, upper case): others are logged and skipped. A malformed entry
+    (no ``symbol``/``qty``, a qty that is not a finite number) is skipped and counted; an answer
+    that is not JSON, has another shape, or whose entries are all malformed raises
     :class:`PositionSourceError`, as does any HTTP status other than 200 once retries are spent.
     """
 
@@ -558,10 +558,11 @@ class AlpacaPositionSource(_OwnsHttpClient):
     ``crypto``, ``us_option``), which routes it to its stream; crypto pairs come as ``BTCUSD``
     and are returned in the stream's form ``BTC/USD``. Positions whose ``asset_class`` is not in
     ``asset_classes`` (MDS_ASSET_CLASSES) are ignored; ``asset_classes=None`` (the default)
-    keeps all three; an unknown class is skipped and reported. HTTP 401/403 raises :class:`PositionSourceError` telling
-    the operator to check ALPACA_API_KEY / ALPACA_SECRET_KEY (without ever quoting them); 429 is
-    retried after ``Retry-After`` / ``X-Ratelimit-Reset`` (capped). Alpaca allows 200 requests a
-    minute per account, shared with anything else using the same keys.
+    keeps all three; an unknown class is skipped and reported. HTTP 401/403 raises
+    :class:`PositionSourceError` telling the operator to check ALPACA_API_KEY /
+    ALPACA_SECRET_KEY (without ever quoting them); 429 is retried after ``Retry-After`` /
+    ``X-Ratelimit-Reset`` (capped). Alpaca allows 200 requests a minute per account, shared with
+    anything else using the same keys.
     """
 
     def __init__(

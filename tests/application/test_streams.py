@@ -1,5 +1,4 @@
-"""Three streams, one service (virtual time): routing by class, lazy start, failures in their lane.
-"""
+"""Three streams, one service (virtual time): routing by class, lazy start, failures in their lane."""
 
 from __future__ import annotations
 
@@ -174,9 +173,7 @@ async def test_each_stream_has_its_own_symbol_limit(
 ) -> None:
     feeds = Three(clock)
     positions = StaticPositionSource({"AAPL", "MSFT", "BTC/USD", "ETH/USD", "SOL/USD"})
-    service = make(
-        clock, cache, bus, feeds, positions, limits={AssetClass.CRYPTO: 2}
-    )
+    service = make(clock, cache, bus, feeds, positions, limits={AssetClass.CRYPTO: 2})
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
             await tg.start(service.run)
