@@ -54,10 +54,12 @@ def build_parser(
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
-            "A local Alpaca-compatible market-data stream (stocks, v2): random-walk quotes and "
-            "trades for the subscribed symbols, JSON or msgpack, with fault injection. Endpoints "
-            "as Alpaca's: ws://HOST:PORT/v2/iex, /v2/sip, /v2/delayed_sip, /v2/test (FAKEPACA "
-            "only); any other path gets HTTP 404. Prints the URL on stdout."
+            "A local Alpaca-compatible market-data stream: random-walk quotes and trades for "
+            "the subscribed symbols, JSON or msgpack, with fault injection. Endpoints as "
+            "Alpaca's: stocks ws://HOST:PORT/v2/iex, /v2/sip, /v2/delayed_sip, /v2/test "
+            "(FAKEPACA only); crypto /v1beta3/crypto/us (BTC/USD); options /v1beta1/indicative "
+            "and /v1beta1/opra (msgpack only, OCC symbols); any other path gets HTTP 404. "
+            "Prints the URL on stdout."
         ),
         formatter_class=_DefaultsFormatter,
     )
@@ -135,6 +137,13 @@ def build_parser(
     )
     faults.add_argument("--internal-error", action="store_true", help="500 at auth, then close")
     faults.add_argument("--stall", action="store_true", help="send no data (pings answered)")
+    faults.add_argument(
+        "--fault-path",
+        dest="fault_paths",
+        action="append",
+        metavar="PATH",
+        help="apply the faults only on this endpoint (repeatable), e.g. /v1beta1/opra",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level")
     return parser
 
@@ -171,6 +180,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             malformed_every=args.malformed_every,
             internal_error=args.internal_error,
             stall=args.stall,
+            paths=frozenset(args.fault_paths) if args.fault_paths else None,
         ),
         wildcard_symbols=wildcard,
     )

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from adapters.alpaca_compatible_server.endpoints import Endpoint, endpoint_map, stock_endpoints
+from adapters.alpaca_compatible_server.endpoints import Endpoint, all_endpoints, endpoint_map
 
 #: How often an idle or stalled session re-reads the live faults (seconds).
 FAULT_POLL_S = 0.02
@@ -70,6 +70,9 @@ class Faults:
     Alpaca server-side fault would."""
     stall: bool = False
     """Send no data (control replies and pongs still flow): a connected but mute feed."""
+    paths: frozenset[str] | None = None
+    """Apply the faults only to sessions on these endpoint paths (``{"/v1beta1/opra"}``: a plan
+    without OPRA, a drop of the crypto stream alone); ``None``: every endpoint."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +96,9 @@ class ServerConfig:
     connection_limit: int = 1
     """Sessions per key on ONE endpoint (Alpaca: 1 on most plans); endpoints count
     separately, so a key may hold ``/v2/iex`` and ``/v2/sip`` at once. The next one gets 406."""
-    endpoints: tuple[Endpoint, ...] = field(default_factory=stock_endpoints)
-    """The streams served, by path; any other path is refused with HTTP 404 at the upgrade.
-    Add an asset class by adding its endpoints here."""
+    endpoints: tuple[Endpoint, ...] = field(default_factory=all_endpoints)
+    """The streams served, by path (stocks, crypto and options by default); any other path is
+    refused with HTTP 404 at the upgrade. Add an asset class by adding its endpoints here."""
     rate: float | None = 1000.0
     """Data messages (quotes and trades) per second per session; ``None`` or 0: as fast as the
     socket takes them (benchmark mode)."""

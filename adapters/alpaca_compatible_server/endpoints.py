@@ -22,7 +22,12 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final
 
-from adapters.alpaca_compatible_server.market import DataParams, MarketData
+from adapters.alpaca_compatible_server.market import (
+    CryptoMarketData,
+    DataParams,
+    MarketData,
+    OptionMarketData,
+)
 
 #: Every channel name Alpaca's market-data streams know (stocks, crypto, options, news). A
 #: subscribe naming one that the endpoint does not offer is answered with 410 ("invalid
@@ -106,6 +111,56 @@ def stock_endpoints() -> tuple[Endpoint, ...]:
         _stocks("/v2/delayed_sip", SIP_EXCHANGES),
         replace(_stocks("/v2/test", SIP_EXCHANGES), data_symbols=frozenset({"FAKEPACA"})),
     )
+
+
+CRYPTO_CHANNELS: Final = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "orderbooks")
+"""Subscribable on the crypto stream (alpaca-py's CryptoDataStream, Alpaca's crypto page)."""
+OPTION_CHANNELS: Final = ("trades", "quotes")
+"""The option stream offers trades and quotes only; anything else is 410."""
+OPRA_EXCHANGES: Final = ("A", "B", "C", "D", "E", "H", "I", "J", "M", "N", "O", "P", "Q", "S",
+                         "T", "U", "W", "X", "Z")  # fmt: skip
+"""OPRA participant codes as Alpaca's option quotes carry them (``bx``/``ax``)."""
+CRYPTO_PATH: Final = "/v1beta3/crypto/us"
+OPTION_PATHS: Final = ("/v1beta1/indicative", "/v1beta1/opra")
+
+
+def crypto_endpoints() -> tuple[Endpoint, ...]:
+    """Alpaca's crypto stream (``/v1beta3/crypto/us``): JSON or msgpack, pairs like
+    ``BTC/USD``, around the clock. The plan limits trades and quotes like the stock streams."""
+    return (
+        Endpoint(
+            path=CRYPTO_PATH,
+            asset_class=AssetClass.CRYPTO,
+            channels=CRYPTO_CHANNELS,
+            limited_channels=frozenset({"trades", "quotes"}),
+            exchanges=("CBSE",),
+            market=CryptoMarketData,
+        ),
+    )
+
+
+def option_endpoints() -> tuple[Endpoint, ...]:
+    """Alpaca's option streams (``/v1beta1/indicative`` free, ``/v1beta1/opra`` with the
+    plan): msgpack only (a JSON session's auth gets 412), OCC symbols, ``"*"`` refused for
+    quotes (413)."""
+    return tuple(
+        Endpoint(
+            path=path,
+            asset_class=AssetClass.OPTIONS,
+            channels=OPTION_CHANNELS,
+            limited_channels=frozenset({"trades", "quotes"}),
+            exchanges=OPRA_EXCHANGES,
+            msgpack_only=True,
+            no_wildcard=frozenset({"quotes"}),
+            market=OptionMarketData,
+        )
+        for path in OPTION_PATHS
+    )
+
+
+def all_endpoints() -> tuple[Endpoint, ...]:
+    """Stocks, crypto and options: every stream a paper-mode service connects to."""
+    return stock_endpoints() + crypto_endpoints() + option_endpoints()
 
 
 def endpoint_map(endpoints: Iterable[Endpoint]) -> Mapping[str, Endpoint]:

@@ -268,3 +268,75 @@ class MarketData:
             "c": ["R"],
             "z": tape_for(symbol),
         }
+
+
+def crypto_decimals(symbol: str) -> int:
+    """Price decimals of a pair, stable per symbol: 2 to 10 (``SHIB/USD``-like prices have
+    many), so clients see prices that need exact decimal arithmetic."""
+    return 2 + zlib.crc32(symbol.encode()) % 9
+
+
+class CryptoMarketData(MarketData):
+    """Crypto messages as Alpaca's crypto stream sends them: no venue or tape fields, fractional
+    sizes, prices with up to 10 decimals (a random walk in units of the last decimal)."""
+
+    def _message(self, item: Item, offset: int) -> Message:
+        kind, symbol = item
+        rng = self._rng
+        decimals = crypto_decimals(symbol)
+        scale = 10**decimals
+        # $20 to $500 with up to 6 decimals; below a cent with more (SHIB/USD-like).
+        cents = base_price_cents(symbol)
+        base = cents * 10 ** (decimals - 2) if decimals <= 6 else cents
+        bid = max(1, base + offset)
+        ask = bid + rng.randint(1, 5)
+        if kind == "t":
+            self._trade_id += 1
+            return {
+                "T": "t",
+                "S": symbol,
+                "i": self._trade_id,
+                "p": (bid + rng.randint(0, ask - bid)) / scale,
+                "s": rng.randint(1, 10_000_000) / 10_000,
+                "tks": rng.choice(("B", "S")),
+            }
+        return {
+            "T": "q",
+            "S": symbol,
+            "bp": bid / scale,
+            "bs": rng.randint(1, 10_000_000) / 10_000,
+            "ap": ask / scale,
+            "as": rng.randint(1, 10_000_000) / 10_000,
+        }
+
+
+class OptionMarketData(MarketData):
+    """Option messages as Alpaca's option stream sends them: OPRA venue codes, one condition as
+    a string, no tape; prices in cents from $0.05."""
+
+    def _message(self, item: Item, offset: int) -> Message:
+        kind, symbol = item
+        rng = self._rng
+        p = self._params
+        bid = max(5, 5 + zlib.crc32(symbol.encode()) % 2_000 + offset)
+        ask = bid + rng.randint(1, 10)
+        if kind == "t":
+            return {
+                "T": "t",
+                "S": symbol,
+                "x": rng.choice(p.exchanges),
+                "p": (bid + rng.randint(0, ask - bid)) / 100,
+                "s": rng.randint(1, 50),
+                "c": "I",
+            }
+        return {
+            "T": "q",
+            "S": symbol,
+            "bx": rng.choice(p.exchanges),
+            "bp": bid / 100,
+            "bs": rng.randint(1, 500),
+            "ax": rng.choice(p.exchanges),
+            "ap": ask / 100,
+            "as": rng.randint(1, 500),
+            "c": "A",
+        }

@@ -27,19 +27,22 @@ from zoneinfo import ZoneInfo
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
-from adapters.alpaca_compatible_server.config import FAULT_POLL_S, SlowClientPolicy
+from adapters.alpaca_compatible_server.config import FAULT_POLL_S, Faults, SlowClientPolicy
 from adapters.alpaca_compatible_server.endpoints import KNOWN_CHANNELS, Endpoint
 from adapters.alpaca_compatible_server.frames import (
     MALFORMED_KINDS,
     FramePool,
     JsonCodec,
     MsgpackCodec,
+    WireFormat,
 )
 from adapters.alpaca_compatible_server.host import SessionHost
 from adapters.alpaca_compatible_server.market import DataParams, Item
 from domain.errors import InvalidSymbol
 from domain.symbols import validate_symbol
 from domain.timestamps import NS_PER_SECOND
+
+_NO_FAULTS = Faults()  # what a session sees when the faults target other endpoints
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +140,12 @@ class Session:
 
     # ----------------------------------------------------------------------------- lifecycle
 
+    def _faults(self) -> Faults:
+        """The server's live faults, or none when they are limited to other endpoints."""
+        faults = self._server.faults
+        paths = faults.paths
+        return faults if paths is None or self.path in paths else _NO_FAULTS
+
     async def run(self) -> None:
         """Serve the connection until either side closes it. Never raises ConnectionClosed."""
         with self._scope:
@@ -198,7 +207,7 @@ class Session:
         self.ended_by = "server"
         self._server.stats.connections_dropped += 1
         logger.info("session %d: dropping the connection (%s)", self.id, why)
-        if self._server.faults.drop_with_rst:
+        if self._faults().drop_with_rst:
             with contextlib.suppress(OSError):  # already closed
                 self._stream.socket.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
@@ -247,13 +256,15 @@ class Session:
 
     async def _authenticate(self, key: str, secret: str) -> None:
         server = self._server
-        faults = server.faults
+        faults = self._faults()
         if faults.internal_error:
             await self._close_with_error(500)
         elif faults.refuse_auth or not server.credentials_valid(key, secret):
             await self._close_with_error(402)
         elif faults.insufficient_subscription:
             await self._close_with_error(409)
+        elif self.endpoint.msgpack_only and self._codec.format is not WireFormat.MSGPACK:
+            await self._close_with_error(412)  # the option streams speak msgpack only
         elif faults.reject_connections_with_406 or not server.claim_slot(key, self.path, self.id):
             await self._close_with_error(406)
         else:
@@ -276,6 +287,9 @@ class Session:
             symbols = message[channel]
             if not isinstance(symbols, list) or not all(map(_valid_symbol, symbols)):
                 await self._send_error(400)
+                return
+            if subscribe and WILDCARD in symbols and channel in self.endpoint.no_wildcard:
+                await self._send_error(413)  # "*" for option quotes
                 return
             changes[channel] = frozenset(symbols)
         current = self.subscriptions
@@ -377,7 +391,7 @@ class Session:
             previous, streaming = streaming, self._what_to_stream(streaming)
             if streaming is not previous and next_frame is not None:
                 next_frame = max(next_frame, trio.current_time())  # rebuilding is not lag
-            faults = server.faults
+            faults = self._faults()
             live = self.authenticated and not faults.stall
             pool = streaming.pool if live else None
             events = streaming.events if live else {}
@@ -533,7 +547,7 @@ class Session:
             if not self.authenticated and now >= auth_deadline:
                 await self._close_with_error(404)
                 return
-            drop_every = server.faults.drop_every_s
+            drop_every = self._faults().drop_every_s
             drop_at = math.inf if drop_every is None else self.connected_at + drop_every
             if now >= drop_at:
                 await self.abort(f"drop_every_s={drop_every}")

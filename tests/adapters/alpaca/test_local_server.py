@@ -46,10 +46,9 @@ def make_feed(server: AlpacaCompatibleServer, **overrides: Any) -> AlpacaQuoteFe
                                 "subscribe_ack_timeout_s": 2.0, "close_timeout_s": 1.0}  # fmt: skip
     key = overrides.pop("key", "PKLOCAL1")
     secret = overrides.pop("secret", KEYS["PKLOCAL1"])
+    settings["url"] = f"{server.url}/v2/iex"
     settings.update(overrides)
-    return AlpacaQuoteFeed(
-        AlpacaFeedConfig(Secret(key), Secret(secret), url=f"{server.url}/v2/iex", **settings)
-    )
+    return AlpacaQuoteFeed(AlpacaFeedConfig(Secret(key), Secret(secret), **settings))
 
 
 async def collect(session: Any, count: int) -> list[MarketEvent]:
