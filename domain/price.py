@@ -10,7 +10,7 @@ nothing, so the last good price stays in place and ages towards stale.
 (``150.25``). The mid is the exact decimal midpoint of those decimals, returned as the double
 nearest to it, so its ``repr`` and its JSON are that decimal: 150.25 / 150.27 gives ``150.26``,
 never ``150.26000000000002``; 1.0001 / 1.0002 gives ``1.00015``. The fast path scales both sides
-to integers of 1e-8 (exact for prices with up to 8 decimals below 90 million) and divides once,
+to integers of 1e-8 (exact for prices with up to 8 decimals below 2**25, 33.5 million) and divides once,
 correctly rounded, by Python's int/int true division; other prices take ``decimal.Decimal``.
 
 **JSON contract** (``price:{SYMBOL}`` and ``price.updated.{SYMBOL}``; the JSON Schema ships in the
@@ -41,7 +41,10 @@ from domain.timestamps import format_ns, parse_rfc3339_ns
 
 _SCALE = 100_000_000  # 1e-8 units
 _SCALE_F = 1e8
-_FAST_LIMIT = 9.0e7  # below this, price * 1e8 stays well inside a double's exact integers
+# Below 2**25 a double's spacing is under 0.5e-8, so each 1e-8 unit has its own double and the
+# round trip check in _units is conclusive. (Was 9e7: at 86922784.9 neighbouring units share a
+# double, the check passed with a unit off by one, and the mid came out one unit high.)
+_FAST_LIMIT = float(2**25)
 
 
 class NoMid(StrEnum):
