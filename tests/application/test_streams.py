@@ -1,4 +1,5 @@
-"""Three streams, one service (virtual time): routing by class, lazy start, failures in their lane."""
+"""Three streams, one service (virtual time): routing by class, lazy start, failures in
+their lane."""
 
 from __future__ import annotations
 

@@ -18,9 +18,11 @@ def error(code: int, msg: str) -> dict[str, object]:
 
 async def test_crypto_ack_lists_the_crypto_channels() -> None:
     with anyio.fail_after(5):
-        async with running_server(QUIET) as server:
-            async with connect(server, "/v1beta3/crypto/us", authenticate=True) as client:
-                ack = await client.subscribe(quotes=["BTC/USD"], orderbooks=["ETH/USD"])
+        async with (
+            running_server(QUIET) as server,
+            connect(server, "/v1beta3/crypto/us", authenticate=True) as client,
+        ):
+            ack = await client.subscribe(quotes=["BTC/USD"], orderbooks=["ETH/USD"])
     assert ack == {
         "T": "subscription",
         "trades": [],
@@ -43,19 +45,19 @@ async def test_option_streams_answer_json_with_412(path: str) -> None:
 
 async def test_option_streams_refuse_a_star_for_quotes_and_bars_at_all() -> None:
     with anyio.fail_after(5):
-        async with running_server(QUIET) as server:
-            async with connect(
-                server, "/v1beta1/indicative", use_msgpack=True, authenticate=True
-            ) as client:
-                assert await client.subscribe(quotes=["*"]) == error(
-                    413, "star subscription is not allowed for option quotes"
-                )
-                assert (await client.subscribe(bars=[OPTION]))["code"] == 410
-                assert await client.subscribe(quotes=[OPTION]) == {
-                    "T": "subscription",
-                    "trades": [],
-                    "quotes": [OPTION],
-                }
+        async with (
+            running_server(QUIET) as server,
+            connect(server, "/v1beta1/indicative", use_msgpack=True, authenticate=True) as client,
+        ):
+            assert await client.subscribe(quotes=["*"]) == error(
+                413, "star subscription is not allowed for option quotes"
+            )
+            assert (await client.subscribe(bars=[OPTION]))["code"] == 410
+            assert await client.subscribe(quotes=[OPTION]) == {
+                "T": "subscription",
+                "trades": [],
+                "quotes": [OPTION],
+            }
 
 
 async def test_faults_can_target_one_endpoint() -> None:
