@@ -42,13 +42,13 @@ async def test_each_stock_endpoint_is_served(path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/v2", "/v2/iex/", "/v2/IEX", "/v2/nope", "/v1beta3/crypto/us", "/stream"]
+    "path", ["/", "/v2", "/v2/iex/", "/v2/IEX", "/v2/nope", "/v1beta3/crypto/eu", "/stream"]
 )
 async def test_a_path_that_is_no_endpoint_is_refused_with_http_404_at_the_upgrade(
     path: str,
 ) -> None:
     """Alpaca answers a wrong stream URL with HTTP 404 instead of 101 (alpaca-py #293/#383,
-    alpaca-trade-api-go #300). Crypto is not served until its endpoint is configured."""
+    alpaca-trade-api-go #300)."""
     with anyio.fail_after(5):
         async with running_server(QUIET) as server:
             with pytest.raises(ConnectionRejected) as rejected:
