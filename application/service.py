@@ -51,6 +51,8 @@ class ServiceConfig:
     """The feed's name, published as the price's ``exchange`` (``IEX``, ``SIP``, ``SIM``...)."""
     # Per-class symbol limits of the streams (a class not named here gets ``symbol_limit``).
     symbol_limits: Mapping[AssetClass, int | None] = field(default_factory=dict)
+    # Per-class feed names published as ``exchange`` (a class not named here gets ``source``).
+    sources: Mapping[AssetClass, str] = field(default_factory=dict)
 
 
 class MarketDataService:
@@ -130,12 +132,15 @@ class MarketDataService:
             for listener in self.subscribed_listeners:
                 listener(holder[0], symbols)
 
+        source = self.config.source
+        if classes is not None and len(classes) == 1:
+            source = self.config.sources.get(next(iter(classes)), source)
         connection = KeepConnected(
             feed,
             self.clock,
             status,
             self.config.backoff,
-            self.stream.handle,
+            self.stream.handler_for(source),
             rng=self._rng,
             on_subscribed=on_subscribed,
         )

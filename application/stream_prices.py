@@ -24,7 +24,7 @@ latest price of every symbol.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import anyio
@@ -114,11 +114,18 @@ class StreamMidPrices:
     # -- reader side: synchronous, never waits ---------------------------------------------
     def handle(self, events: Sequence[MarketEvent]) -> None:
         """Turn one frame's events into pending prices. Cheap, synchronous, never blocks."""
+        self.handle_from(events, self._source)
+
+    def handler_for(self, source: str) -> Callable[[Sequence[MarketEvent]], None]:
+        """A :meth:`handle` whose prices carry ``source`` (one per stream: IEX, CRYPTO_US...)."""
+        return lambda events: self.handle_from(events, source)
+
+    def handle_from(self, events: Sequence[MarketEvent], source: str) -> None:
+        """:meth:`handle` with the feed's name given (one call per frame, not per quote)."""
         counters = self._status.counters
         newest = self._newest_ts
         queued = 0
         quotes = 0
-        source = self._source
         max_skew_ns = self._max_future_skew_ns
         for event in events:
             if type(event) is not Quote:

@@ -10,8 +10,9 @@ nothing, so the last good price stays in place and ages towards stale.
 (``150.25``). The mid is the exact decimal midpoint of those decimals, returned as the double
 nearest to it, so its ``repr`` and its JSON are that decimal: 150.25 / 150.27 gives ``150.26``,
 never ``150.26000000000002``; 1.0001 / 1.0002 gives ``1.00015``. The fast path scales both sides
-to integers of 1e-8 (exact for prices with up to 8 decimals below 2**25, 33.5 million) and divides once,
-correctly rounded, by Python's int/int true division; other prices take ``decimal.Decimal``.
+to integers of 1e-8 (exact for prices with up to 8 decimals below 2**25, 33.5 million) and
+divides once, correctly rounded, by Python's int/int true division; other prices take
+``decimal.Decimal``.
 
 **JSON contract** (``price:{SYMBOL}`` and ``price.updated.{SYMBOL}``; the JSON Schema ships in the
 package as ``domain/price.schema.json``)::

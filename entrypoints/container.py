@@ -121,20 +121,30 @@ def make_position_source(settings: Settings) -> PositionSource | None:
     return None
 
 
+def stream_source(url: str) -> str:
+    """A stream's name from its URL: the path after the version, upper-cased."""
+    segments = [s for s in urlsplit(url).path.split("/") if s][1:]
+    name = re.sub(r"[^A-Z0-9_]", "_", "_".join(segments).upper())
+    return name if name[:1].isalpha() else "ALPACA"
+
+
 def feed_source(settings: Settings) -> str:
     """The feed's name, published in every price as ``exchange``: for Alpaca the stream's path
     after the version (``/v2/iex`` -> ``IEX``, ``/v2/delayed_sip`` -> ``DELAYED_SIP``,
     ``/v1beta3/crypto/us`` -> ``CRYPTO_US``), else ``SIM`` or ``REPLAY``."""
     if settings.feed != "alpaca":
         return str(settings.feed).upper()
-    segments = [s for s in urlsplit(settings.stream_url).path.split("/") if s][1:]
-    name = re.sub(r"[^A-Z0-9_]", "_", "_".join(segments).upper())
-    return name if name[:1].isalpha() else "ALPACA"
+    return stream_source(settings.stream_url)
 
 
 def service_config(settings: Settings) -> ServiceConfig:
     return ServiceConfig(
         source=feed_source(settings),
+        sources={
+            AssetClass.US_EQUITY: feed_source(settings),
+            AssetClass.CRYPTO: stream_source(settings.crypto_stream_url),
+            AssetClass.US_OPTION: stream_source(settings.options_stream_url),
+        },
         static_symbols=settings.symbols,
         sync_interval_s=settings.position_sync_interval_s,
         symbol_limit=settings.symbol_limit,

@@ -50,6 +50,8 @@ def make(
         static_symbols=static,
         symbol_limit=None,
         symbol_limits=limits or {},
+        source="IEX",
+        sources={AssetClass.CRYPTO: "CRYPTO_US", AssetClass.US_OPTION: "INDICATIVE"},
         backoff=BackoffPolicy(base_s=1.0, cap_s=4.0, jitter=False),
     )
     return MarketDataService(
@@ -79,6 +81,10 @@ async def test_each_symbol_goes_to_its_class_stream_and_every_class_is_priced(
             prices = await cache.get_many(["AAPL", "SHIB/USD", OPTION])
             assert prices["SHIB/USD"].mid == 0.000009125
             assert prices[OPTION].mid == 1.075
+            # Each stream's prices name their feed.
+            assert [prices[s].exchange for s in ("AAPL", "SHIB/USD", OPTION)] == [
+                "IEX", "CRYPTO_US", "INDICATIVE"
+            ]  # fmt: skip
             assert service.health() is Health.HEALTHY
             assert service.confirmed() == {"AAPL", "MSFT", "BTC/USD", "SHIB/USD", "ODD", OPTION}
             tg.cancel_scope.cancel()

@@ -32,7 +32,7 @@ async def test_crypto_pairs_stream_with_fractional_sizes_and_exact_mids(fmt: str
     assert any(q.bid_size != int(q.bid_size) for q in quotes)  # fractional sizes
     assert all(q.bid_exchange == "" and q.tape == "" for q in quotes)
     for q in quotes:
-        price = price_from_quote(q)
+        price = price_from_quote(q, "CRYPTO_US")
         assert isinstance(price, Price)
         exact = (Decimal(repr(q.bid_price)) + Decimal(repr(q.ask_price))) / 2
         assert price.mid == float(exact)
