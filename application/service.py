@@ -44,7 +44,9 @@ class ServiceConfig:
     symbol_limit: int | None = 30
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     listen_for_position_changes: bool = True
-    shutdown_flush_s: float = 1.5
+    # The flush deadline leaves room in the 2 s shutdown bound for closing the feed before it
+    # and the interpreter's exit after it, also when Redis is frozen (calls abandoned).
+    shutdown_flush_s: float = 1.0
     max_pending: int = 50_000
     max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
     source: str = ""

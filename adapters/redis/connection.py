@@ -426,10 +426,12 @@ class RedisConnection:
     async def call(self, what: str, fn: Callable[[], T]) -> T:
         """Run ``fn`` (blocking redis-py code) in a worker thread: exactly one thread hop.
 
-        Raises :class:`RedisUnavailable` for outages. Cancellation waits for the call in flight
-        (bounded by the socket timeouts); whether it took effect is then unknown.
+        Raises :class:`RedisUnavailable` for outages. Cancellation returns at once: the call in
+        flight is abandoned (its thread ends by itself within the socket timeout; whether it
+        took effect is unknown, as after any timeout). So a frozen Redis never holds a
+        deadline of ours (the shutdown flush, a lease renewal) past its end.
         """
-        return await anyio.to_thread.run_sync(self.call_sync, what, fn)
+        return await anyio.to_thread.run_sync(self.call_sync, what, fn, abandon_on_cancel=True)
 
     async def ping(self) -> None:
         """Raises :class:`RedisUnavailable` unless every node answers ``PING``."""

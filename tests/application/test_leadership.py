@@ -163,7 +163,7 @@ async def test_the_role_is_standby_from_the_moment_leadership_ends(
     clock: VirtualClock, bus: InMemoryEventBus
 ) -> None:
     """Issue 11 (HA handover): when A's renewals fail it stops streaming at once and says
-    ``standby`` from then on, not only after the writer's shutdown flush (up to 1.5 s against
+    ``standby`` from then on, not only after the writer's shutdown flush (up to 1 s against
     a store that is down)."""
     lease = InMemoryLease(clock)
     cache = FailingCache(clock, ttl_s=300.0)

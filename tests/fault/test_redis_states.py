@@ -1,0 +1,157 @@
+"""The service as a real process against a Redis put into states nobody scripted before
+(issue 11): out of memory in an HA pair, a password it lacks, frozen at shutdown."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import anyio
+import pytest
+
+from adapters.alpaca_compatible_server.config import ServerConfig
+from adapters.redis.reader import PriceReader
+from tests.conditions import wait_for
+from tests.e2e.service_process import ServiceProcess, metric_total
+from tests.fault.helpers import (
+    alpaca_server,
+    cached_timestamps,
+    quotes_of_active_session,
+    service_process,
+    wall_ns,
+)
+from tests.redis_servers import RedisServer, start_server
+
+pytestmark = [pytest.mark.fault, pytest.mark.redis, pytest.mark.e2e]
+
+SYMBOLS = ("AAPL", "MSFT", "NVDA")
+CONFIG = ServerConfig(rate=500, batch=10, bar_interval_s=None, seed=41)
+
+
+def set_oom(server: RedisServer, on: bool) -> None:
+    with server.client() as r:
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", "1" if on else "0")
+
+
+async def health_of(service: ServiceProcess) -> dict[str, object]:
+    health = await service.health()
+    assert service.proc.poll() is None, f"service exited:\n{service.log()[-3000:]}"
+    return health or {}
+
+
+async def test_an_ha_pair_lives_through_redis_out_of_memory_from_start_to_recovery(
+    tmp_path: Path, own_redis_server: RedisServer
+) -> None:
+    """Defect 1: both HA instances start against a Redis at maxmemory with noeviction (the
+    lease's SET is refused with OOM): both stay up, standing by, /health degraded with redis
+    degraded (their own lease traffic fails). The limit is lifted: one leads and streams, the
+    other stands by, healthy. OOM again while streaming: the leader degrades (writes refused)
+    and stays up, the standby stays up. Lifted again: fresh prices, healthy. Before: OOM was not
+    an outage: traceback, exit 1, in both roles and again at every restart."""
+    redis = own_redis_server
+    set_oom(redis, True)
+    ha = {"MDS_SYMBOLS": ",".join(SYMBOLS), "MDS_HA": "true", "MDS_HA_LEASE_TTL": "2"}
+    async with (
+        alpaca_server(CONFIG) as server,
+        service_process(tmp_path, server, redis.url, **ha) as first,
+        service_process(tmp_path, server, redis.url, **ha) as second,
+        PriceReader(redis.url) as reader,
+    ):
+        pair = (first, second)
+
+        async def all_match(*wanted: tuple[str, str, str]) -> bool:
+            seen = sorted(
+                (str(h.get("role")), str(h.get("status")), str(h.get("redis")))
+                for h in [await health_of(s) for s in pair]
+            )
+            return seen == sorted(wanted)
+
+        degraded_standby = ("standby", "degraded", "degraded")
+        await wait_for(lambda: all_match(degraded_standby, degraded_standby), timeout_s=20)
+        assert quotes_of_active_session(server) == frozenset()  # nobody streams
+
+        set_oom(redis, False)
+        await wait_for(
+            lambda: all_match(("leader", "healthy", "ok"), ("standby", "healthy", "ok")),
+            timeout_s=20,
+        )
+        started_ns = wall_ns()
+
+        async def fresh_since(ts_ns: int) -> bool:
+            stamps = await cached_timestamps(reader, SYMBOLS)
+            return all(ts > ts_ns for ts in stamps.values())
+
+        await wait_for(lambda: fresh_since(started_ns), timeout_s=10)
+
+        set_oom(redis, True)
+        await wait_for(
+            lambda: all_match(("leader", "degraded", "degraded"), ("standby", "healthy", "ok")),
+            timeout_s=10,
+        )
+        set_oom(redis, False)
+        back_ns = wall_ns()
+        await wait_for(lambda: fresh_since(back_ns), timeout_s=10)
+        await wait_for(
+            lambda: all_match(("leader", "healthy", "ok"), ("standby", "healthy", "ok")),
+            timeout_s=10,
+        )
+        errors = [metric_total(await s.metrics(), "mds_cache_write_errors_total") for s in pair]
+        assert max(errors) > 0  # the leader's writes were refused for a while
+        assert all(s.proc.poll() is None for s in pair)
+
+
+async def test_a_redis_that_wants_a_password_is_exit_2_with_one_line_naming_redis_url(
+    tmp_path: Path,
+) -> None:
+    """NOAUTH at start ("HELLO must be called with the client already authenticated" on
+    RESP3): exit 2 with one CRITICAL line ending "check REDIS_URL", no traceback. Before: the
+    service ran degraded forever, retrying a password it did not have."""
+    redis = start_server(tmp_path, extra_args=("--requirepass", "not-in-the-url"))
+    try:
+        async with (
+            alpaca_server(CONFIG) as server,
+            service_process(tmp_path, server, redis.url) as service,
+        ):
+            code = await service.wait_exit(15)
+            log = service.log()
+    finally:
+        redis.stop()
+    assert code == 2, log[-3000:]
+    assert "Traceback" not in log
+    critical = [line for line in log.splitlines() if "CRITICAL" in line]
+    assert len(critical) == 1 and "check REDIS_URL" in critical[0], critical
+    assert "not-in-the-url" not in log
+
+
+async def test_sigterm_with_redis_frozen_exits_within_2_s(
+    tmp_path: Path, own_redis_server: RedisServer
+) -> None:
+    """Redis frozen (SIGSTOP) while prices stream, so writes hang in worker threads until the
+    socket timeout: SIGTERM still ends the process within 2 s, exit 0 (the flush gives up at
+    its deadline; a Redis call in flight is abandoned, not waited for). Before: 3.6-4.2 s."""
+    async with (
+        alpaca_server(CONFIG) as server,
+        service_process(
+            tmp_path, server, own_redis_server.url, MDS_SYMBOLS=",".join(SYMBOLS)
+        ) as service,
+    ):
+        await service.wait_health(
+            lambda h: h["status"] == "healthy" and h["subscribed_symbols"] == len(SYMBOLS)
+        )
+        own_redis_server.pause()
+        try:
+
+            async def piling_up() -> bool:
+                return metric_total(await service.metrics(), "mds_pending_writes") >= 20
+
+            await wait_for(piling_up, timeout_s=10, step_s=0.05)
+            sent_at = anyio.current_time()
+            service.proc.send_signal(signal.SIGTERM)
+            code = await service.wait_exit(10)
+            took = anyio.current_time() - sent_at
+        finally:
+            own_redis_server.resume()
+    print(f"\nSIGTERM with Redis frozen: exit {code} after {took * 1000:.0f} ms")
+    assert code == 0, service.log()[-3000:]
+    assert took < 2.0, took
