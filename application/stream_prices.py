@@ -16,9 +16,10 @@ per symbol and stays in that mode until the writer has caught up: memory is boun
 ``max_pending`` plus the number of symbols, and every superseded price is counted as
 ``conflated``.
 
-**Store outage.** A failed write switches to conflation at once: the batch and everything
-pending collapse to the latest price per symbol (superseded ones counted as ``conflated``), the
-store is marked degraded, and the write is retried after a short capped backoff (50 ms doubling
+**Store outage.** A failed write marks the store degraded and is retried losslessly (in
+order, before anything newer). A second failure in a row switches to conflation: the batch and
+everything pending collapse to the latest price per symbol (superseded ones counted as
+``conflated``), and the write is retried after a short capped backoff (50 ms doubling
 to 250 ms). So during an outage memory holds one price per symbol, not a backlog (before: up to
 ``max_pending`` = 50,000, ~25 s at 2,000 quotes/s), and the first write after recovery carries
 the latest price of every symbol.
@@ -282,11 +283,13 @@ class StreamMidPrices:
             self._put_back(batch)
             raise
         except ConnectionError as e:
-            # The store is down: from the first failed write keep ONE price per symbol (the
-            # latest) until a write succeeds. Memory stays at the number of symbols whatever
-            # the outage's length, and the first write after recovery carries the latest
-            # price of every symbol (a backlog of superseded prices would only delay it).
-            self._conflating = True
+            # A single failed write is retried losslessly, in order. From the second failure
+            # in a row (the store is down) keep ONE price per symbol (the latest) until a
+            # write succeeds: memory stays at the number of symbols whatever the outage's
+            # length, and the first write after recovery carries the latest price of every
+            # symbol (a backlog of superseded prices would only delay it).
+            if status.store is StoreState.DEGRADED:
+                self._conflating = True
             self._put_back(batch)
             status.counters["cache_write_errors"] += 1
             if status.store is not StoreState.DEGRADED:
