@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
+import pytest
+
+from entrypoints.chaos import schedule
 from entrypoints.chaos.proxy import _FrameBoundaries, text_frame
 from entrypoints.chaos.schedule import BY_NAME, CATALOG, SCENES, plan
 
@@ -35,18 +39,19 @@ def test_scenes_rotate_from_the_seed_and_each_episode_fits_its_scene() -> None:
                 )
 
 
-def test_excluded_kinds_are_played_only_when_asked() -> None:
-    excluded = {k.name for k in CATALOG if k.excluded}
-    default = plan(1, 600, only=sorted(excluded) or ["none"], include_excluded=True)
-    if excluded:
-        names = {
-            n
-            for b in default.blocks
-            for e in itertools.islice(default.episodes(b), 30)
-            for n, _ in e.faults
-        }
-        assert names <= excluded and names
-    assert not excluded & {k.name for k in plan(1, 600).kinds}
+def test_excluded_kinds_are_played_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    held_back = dataclasses.replace(BY_NAME["feed.drop"], excluded="a defect not fixed yet")
+    catalog = tuple(held_back if k.name == "feed.drop" else k for k in CATALOG)
+    monkeypatch.setattr(schedule, "CATALOG", catalog)
+    assert "feed.drop" not in {k.name for k in plan(1, 600).kinds}
+    asked = plan(1, 600, only=["feed.drop"], include_excluded=True)
+    played = {
+        n
+        for b in asked.blocks
+        for e in itertools.islice(asked.episodes(b), 30)
+        for n, _ in e.faults
+    }
+    assert played == {"feed.drop"}
 
 
 def test_a_frame_is_spliced_only_between_whole_messages() -> None:
