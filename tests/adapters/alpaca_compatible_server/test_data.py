@@ -352,3 +352,15 @@ async def test_every_acked_channel_carries_data_in_the_documented_shapes(
         prices = [m["p"] for m in seen["t"] if m["S"] == bar["S"]]
         assert bar["l"] <= min(prices) and max(prices) <= bar["h"]
     assert {m["sc"] for m in seen["s"]} <= {"H", "T", "2", "3"}
+
+
+async def test_the_test_stream_quotes_fakepaca_only() -> None:
+    """Alpaca's test stream (/v2/test) runs all the time with the symbol FAKEPACA: other
+    symbols are acked and stay silent."""
+    config = ServerConfig(rate=500, batch=5, bar_interval_s=None, seed=4)
+    with anyio.fail_after(5):
+        async with running_server(config) as server, connect(server, "/v2/test") as client:
+            await client.auth()
+            await client.subscribe(quotes=["AAPL", "FAKEPACA"])
+            symbols = {m["S"] for _ in range(20) for m in await client.data()}
+    assert symbols == {"FAKEPACA"}
