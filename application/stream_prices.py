@@ -41,7 +41,7 @@ from domain.staleness import DEFAULT_MAX_FUTURE_SKEW_S, skew_ns
 from domain.timestamps import NS_PER_SECOND, format_ns
 from ports.clock import Clock
 from ports.event_bus import EventBus
-from ports.price_cache import PriceCache
+from ports.price_cache import PartialWrite, PriceCache
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,11 @@ class StreamMidPrices:
             # write succeeds: memory stays at the number of symbols whatever the outage's
             # length, and the first write after recovery carries the latest price of every
             # symbol (a backlog of superseded prices would only delay it).
+            if isinstance(e, PartialWrite):
+                # Some store nodes applied their part: count and publish that, keep only the
+                # rest (the failed nodes' symbols) for the retry.
+                await self._partly_written(e, len(batch))
+                batch = e.unwritten
             if status.store is StoreState.DEGRADED:
                 self._conflating = True
             self._put_back(batch)
@@ -342,6 +347,18 @@ class StreamMidPrices:
             len(batch),
             batch[0].symbol,
         )
+
+    async def _partly_written(self, partial: PartialWrite, attempted: int) -> None:
+        counters = self._status.counters
+        applied = partial.applied
+        counters["prices_written"] += len(applied)
+        counters["refused_older"] += attempted - len(applied) - len(partial.unwritten)
+        try:
+            await self._bus.publish_many(applied)  # a no-op when the cache published them
+        except ConnectionError as e:
+            log.warning("could not publish %d prices written to the cache: %s", len(applied), e)
+        else:
+            counters["published"] += len(applied)
 
     async def wait_idle(self) -> None:
         """Return once nothing is pending (the writer has written everything handed to it)."""

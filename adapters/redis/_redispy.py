@@ -61,3 +61,8 @@ def primaries(client: RedisCluster) -> list[ClusterNode]:
 def pubsub(client: redis.Redis) -> PubSub:
     ps: PubSub = client.pubsub()  # type: ignore[no-untyped-call]
     return ps
+
+
+def keyslot(client: RedisCluster, key: str) -> int:
+    slot: int = client.keyslot(key)  # type: ignore[no-untyped-call]
+    return slot

@@ -34,7 +34,7 @@ from redis.cluster import RedisCluster
 
 from adapters.inbox import SubscriptionStats
 from adapters.redis import _redispy, sharded
-from adapters.redis.connection import RedisConnection
+from adapters.redis.connection import RedisConnection, RedisUnavailable
 from adapters.redis.price_cache import DEFAULT_KEY_PREFIX, AppliedPrices
 from adapters.redis.pubsub import (
     Message,
@@ -111,10 +111,15 @@ class RedisEventBus:
         client = self._conn.client()
         prefix = self.channel_prefix
         if isinstance(client, RedisCluster):
-            sharded.spublish(
+            sent = sharded.spublish(
                 self._conn,
                 [(prefix + p.symbol, b) for p, b in zip(prices, payloads, strict=True)],
             )
+            if not all(sent):
+                raise RedisUnavailable(
+                    f"SPUBLISH failed for {sent.count(False)} of {len(sent)} prices (a node "
+                    "down or moving)"
+                )
             return
         pipe = _redispy.pipeline(client)
         for price, payload in zip(prices, payloads, strict=True):

@@ -21,9 +21,19 @@ applied price exactly once either way. Any other sequence is published normally.
 **Cluster.** A Lua script may not declare keys of different slots, and keys must spread over
 slots (no hash tags). So the batch is grouped by the node that owns each key's slot and the
 script runs once per node with the keys passed as arguments, under the Redis 7 script flag
-``allow-cross-slot-keys`` (the server still refuses a key the node does not own; then the slot
-map is refreshed and the batch retried once). Applied prices are then published with
-``SPUBLISH`` (sharded pub/sub, so fan-out scales with the cluster) in one cluster pipeline.
+``allow-cross-slot-keys`` (the server still refuses a key the node does not own). Applied
+prices are then published with ``SPUBLISH`` (sharded pub/sub, so fan-out scales with the
+cluster), one pipeline per node.
+
+**Partial success is success for what succeeded (cluster).** Each node's script call stands
+on its own: a node that is down, or owns a slot that is migrating ("Script attempted to access
+a non local key", MOVED, ASK, TRYAGAIN, CLUSTERDOWN), fails only its own prices. A moving slot
+is retried once after a slot-map refresh, one call per slot (so only the moving slot's keys
+wait). A price whose publish failed (its channel's node down) counts as not written. If
+anything is left, ``put_many`` raises :class:`RedisPartialWrite` (a ``ConnectionError`` and a
+``ports.price_cache.PartialWrite``) carrying the applied, published part and the unwritten
+rest; the writer counts the first and retries only the rest, with backoff, until the topology
+settles. A retry re-applies a price at the same timestamp (applied, never "refused as older").
 """
 
 from __future__ import annotations
@@ -40,12 +50,13 @@ import redis.exceptions as rex
 from redis.cluster import RedisCluster
 
 from adapters.redis import _redispy, sharded
-from adapters.redis.connection import RedisConnection, as_bytes_list
+from adapters.redis.connection import RedisConnection, RedisUnavailable, as_bytes_list, is_outage
 from adapters.redis.sharded import is_topology_error
 from domain.price import Price
 from domain.staleness import DEFAULT_MAX_FUTURE_SKEW_S, future_limit_ns, skew_ns
 from domain.timestamps import format_ns
 from ports.event_bus import PRICE_CHANNEL_PREFIX
+from ports.price_cache import PartialWrite
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +64,21 @@ DEFAULT_KEY_PREFIX = "price:"
 DEFAULT_TTL_S = 300.0
 _CLUSTER_SCRIPT_FLAGS = "#!lua flags=allow-cross-slot-keys\n"
 _APPLIED = ord("1")
+_FAILED = ord("F")  # cluster: not written now (its node is down or moving); retried
 
 
 @cache
 def put_prices_script() -> str:
     """The Lua source of the checked write (a package resource, read once on first use)."""
     return resources.files("adapters.redis").joinpath("put_prices.lua").read_text("utf-8")
+
+
+class RedisPartialWrite(RedisUnavailable, PartialWrite):
+    """Cluster: some nodes applied (and published) their part of the batch, others could not
+    (see :class:`ports.price_cache.PartialWrite`)."""
+
+    def __init__(self, reason: str, applied: AppliedPrices, unwritten: list[Price]) -> None:
+        PartialWrite.__init__(self, reason, applied, unwritten)
 
 
 class AppliedPrices(list[Price]):
@@ -138,6 +158,7 @@ class RedisPriceCache:
         self._cluster_sha = connection.register_script(_CLUSTER_SCRIPT_FLAGS + source)
         self._malformed = [0]
         self.batches = 0
+        self.last_node_error: BaseException | None = None
 
     @property
     def ttl_s(self) -> float:
@@ -184,13 +205,22 @@ class RedisPriceCache:
         applied = [p for p, f in zip(prices, flags, strict=True) if f == _APPLIED]
         applied_payloads = [b for b, f in zip(payloads, flags, strict=True) if f == _APPLIED]
         self.batches += 1
-        return AppliedPrices(
+        result = AppliedPrices(
             applied,
             applied_payloads,
             published=self.publish,
             origin=self._conn,
             channel_prefix=self.channel_prefix,
         )
+        if _FAILED in flags:  # cluster only: some nodes failed, the others' part stands
+            unwritten = [p for p, f in zip(prices, flags, strict=True) if f == _FAILED]
+            raise RedisPartialWrite(
+                f"redis unavailable for {len(unwritten)} of {len(prices)} prices (a cluster "
+                f"node down or moving): {self.last_node_error}",
+                result,
+                unwritten,
+            )
+        return result
 
     def _args(
         self, prices: Sequence[Price], payloads: list[bytes], stamps: list[str], publish: bool
@@ -219,33 +249,45 @@ class RedisPriceCache:
     def _write_cluster(
         self, prices: Sequence[Price], payloads: list[bytes], stamps: list[str]
     ) -> bytes:
-        try:
-            flags = self._write_cluster_once(prices, payloads, stamps)
-        except rex.ResponseError as e:
-            if not is_topology_error(e):
-                raise
-            # A slot moved under us ("non local key", MOVED) or the cluster is re-forming:
-            # re-read the slot map and try the whole batch once more (re-applying is harmless).
-            log.info("cluster write needs a topology refresh (%s); retrying once", e)
+        """One script call per node; a node that fails (down, or a slot moving: "non local
+        key", MOVED, TRYAGAIN, CLUSTERDOWN) marks only its own prices ``_FAILED``. Prices of a
+        moving slot are retried once after a slot-map refresh; the writer retries the rest
+        later (with backoff, until the topology settles). Applied prices are published per
+        node; one whose publish failed is ``_FAILED`` too (cached, so the retry re-applies it
+        at the same timestamp and publishes it: never "refused")."""
+        flags, moved = self._write_cluster_once(prices, payloads, stamps, range(len(prices)))
+        if moved:
+            log.info("cluster write met a moving slot; refreshing the slot map, retrying once")
             self._conn.refresh_topology()
-            flags = self._write_cluster_once(prices, payloads, stamps)
+            # One call per slot this time: a slot still migrating fails only its own keys.
+            again, _ = self._write_cluster_once(prices, payloads, stamps, moved, by_slot=True)
+            for i in moved:
+                flags[i] = again[i]
         if self.publish:
             self._spublish(prices, payloads, flags)
-        return flags
+        return bytes(flags)
 
     def _write_cluster_once(
-        self, prices: Sequence[Price], payloads: list[bytes], stamps: list[str]
-    ) -> bytes:
+        self,
+        prices: Sequence[Price],
+        payloads: list[bytes],
+        stamps: list[str],
+        which: Sequence[int],
+        *,
+        by_slot: bool = False,
+    ) -> tuple[bytearray, list[int]]:
         rc = self._conn.cluster()
-        by_node: dict[str, list[int]] = defaultdict(list)
+        by_node: dict[tuple[str, int], list[int]] = defaultdict(list)
         nodes = {}
-        for i, price in enumerate(prices):
-            node = _redispy.node_for_key(rc, self.key_prefix + price.symbol)
-            by_node[node.name].append(i)
-            nodes[node.name] = node
-        flags = bytearray(len(prices))
+        flags = bytearray(_FAILED for _ in prices)
+        for i in which:
+            key = self.key_prefix + prices[i].symbol
+            node = _redispy.node_for_key(rc, key)
+            group_key = (node.name, _redispy.keyslot(rc, key) if by_slot else 0)
+            by_node[group_key].append(i)
+            nodes[group_key] = node
+        moved: list[int] = []
         for name, indexes in by_node.items():
-            node_client = rc.get_redis_connection(nodes[name])
             keys = [self.key_prefix + prices[i].symbol for i in indexes]
             group = [prices[i] for i in indexes]
             args = self._args(
@@ -253,19 +295,32 @@ class RedisPriceCache:
             )
             # No declared keys: the key count and keys ride in ARGV (see put_prices.lua).
             argv = [*args[:5], len(keys), *keys, *args[5:]]
-            reply = self._conn.evalsha(node_client, self._cluster_sha, 0, argv)
+            try:
+                node_client = rc.get_redis_connection(nodes[name])
+                reply = self._conn.evalsha(node_client, self._cluster_sha, 0, argv)
+            except Exception as e:
+                if not is_outage(e):
+                    raise
+                if isinstance(e, rex.ResponseError) and is_topology_error(e):
+                    moved.extend(indexes)
+                else:
+                    log.info("cluster node %s failed (%s): %d prices wait", name[0], e, len(keys))
+                self._conn.mark_topology_stale()
+                self.last_node_error = e
+                continue
             for i, flag in zip(indexes, _flags(reply, len(indexes)), strict=True):
                 flags[i] = flag
-        return bytes(flags)
+        return flags, moved
 
-    def _spublish(self, prices: Sequence[Price], payloads: list[bytes], flags: bytes) -> None:
-        messages = [
-            (self.channel_prefix + price.symbol, payload)
-            for price, payload, flag in zip(prices, payloads, flags, strict=True)
-            if flag == _APPLIED
-        ]
-        if messages:
-            sharded.spublish(self._conn, messages)
+    def _spublish(self, prices: Sequence[Price], payloads: list[bytes], flags: bytearray) -> None:
+        applied = [i for i, flag in enumerate(flags) if flag == _APPLIED]
+        if not applied:
+            return
+        messages = [(self.channel_prefix + prices[i].symbol, payloads[i]) for i in applied]
+        sent = sharded.spublish(self._conn, messages)
+        for i, ok in zip(applied, sent, strict=True):
+            if not ok:
+                flags[i] = _FAILED
 
     # -- reads -----------------------------------------------------------------------------------
     async def get(self, symbol: str) -> Price | None:

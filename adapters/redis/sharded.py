@@ -10,7 +10,7 @@ import redis.exceptions as rex
 from redis.cluster import ClusterNode
 
 from adapters.redis import _redispy
-from adapters.redis.connection import RedisConnection
+from adapters.redis.connection import RedisConnection, is_outage
 
 log = logging.getLogger(__name__)
 
@@ -23,31 +23,49 @@ def is_topology_error(error: rex.ResponseError) -> bool:
     return "non local key" in text or text.startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN"))
 
 
-def spublish(conn: RedisConnection, messages: Sequence[tuple[str, bytes]]) -> None:
+def spublish(conn: RedisConnection, messages: Sequence[tuple[str, bytes]]) -> list[bool]:
     """``SPUBLISH`` each (channel, payload), in order per channel: one plain pipeline per node
-    that owns a channel's slot (ClusterPipeline costs several times more per command). If a
-    slot moved, refresh the slot map and send the batch once more through ClusterPipeline,
-    which follows redirections (a subscriber may then see a message twice, never out of order
-    within what it receives first)."""
+    that owns a channel's slot (ClusterPipeline costs several times more per command). A node
+    whose slot moved is retried once through ClusterPipeline (which follows redirections)
+    after a slot-map refresh. Returns, per message, whether it was sent: a node that is down
+    or still moving fails only its own messages (an outage), never the others'. A subscriber
+    may see a retried message twice, never out of order within what it receives first."""
     rc = conn.cluster()
-    by_node: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+    by_node: dict[str, list[int]] = defaultdict(list)
     nodes: dict[str, ClusterNode] = {}
-    for channel, payload in messages:
+    for i, (channel, _payload) in enumerate(messages):
         node = _redispy.node_for_key(rc, channel)
-        by_node[node.name].append((channel, payload))
+        by_node[node.name].append(i)
         nodes[node.name] = node
-    try:
-        for name, items in by_node.items():
+    sent = [True] * len(messages)
+    moved: list[int] = []
+    for name, indexes in by_node.items():
+        try:
             pipe = _redispy.pipeline(rc.get_redis_connection(nodes[name]))
-            for channel, payload in items:
-                _redispy.queue(pipe, "SPUBLISH", channel, payload)
+            for i in indexes:
+                _redispy.queue(pipe, "SPUBLISH", *messages[i])
             pipe.execute()
-    except rex.ResponseError as e:
-        if not is_topology_error(e):
-            raise
-        log.info("SPUBLISH hit a moved slot (%s): refreshing the slot map, resending", e)
+        except Exception as e:
+            if not is_outage(e):
+                raise
+            for i in indexes:
+                sent[i] = False
+            if isinstance(e, rex.ResponseError) and is_topology_error(e):
+                moved.extend(indexes)
+            else:
+                log.info("SPUBLISH to %s failed (%s); its messages are retried later", name, e)
+    if moved:
+        log.info("SPUBLISH hit a moved slot: refreshing the slot map, resending")
         conn.refresh_topology()
-        cpipe = _redispy.cluster_pipeline(conn.cluster())
-        for channel, payload in messages:
-            _redispy.queue(cpipe, "SPUBLISH", channel, payload)
-        cpipe.execute()
+        try:
+            cpipe = _redispy.cluster_pipeline(conn.cluster())
+            for i in sorted(moved):
+                _redispy.queue(cpipe, "SPUBLISH", *messages[i])
+            cpipe.execute()
+        except Exception as e:
+            if not is_outage(e):
+                raise
+        else:
+            for i in moved:
+                sent[i] = True
+    return sent

@@ -14,6 +14,7 @@ from application.stream_prices import StreamMidPrices
 from domain.market import Quote
 from domain.price import Price
 from domain.staleness import skew_ns, too_far_ahead
+from ports.price_cache import PartialWrite
 from tests.application.helpers import T0, eventually, quote
 
 
@@ -330,3 +331,43 @@ async def test_the_future_skew_bound_is_the_domain_rule_at_its_edge(
     assert status.future_refusal_detail(clock.monotonic()) is not None
     later = clock.monotonic() + FUTURE_REFUSAL_DEGRADED_S + 0.1
     assert status.future_refusal_detail(later) is None
+
+
+class HalfDownCache(InMemoryPriceCache):
+    """A store of two nodes, the one holding "B" down for the first write: that write applies
+    the rest and raises PartialWrite naming B's prices."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock, ttl_s=300.0)
+        self.down = True
+        self.batches: list[list[str]] = []
+
+    async def put_many(self, prices):  # type: ignore[no-untyped-def]
+        self.batches.append([p.symbol for p in prices])
+        if not self.down:
+            return await super().put_many(prices)
+        self.down = False
+        rest = [p for p in prices if p.symbol != "B"]
+        applied = await super().put_many(rest)
+        raise PartialWrite("node of B down", applied, [p for p in prices if p.symbol == "B"])
+
+
+async def test_a_partial_write_counts_what_was_applied_and_retries_only_the_rest(
+    bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    """Issue 11, defect 9: the nodes that applied their part are counted as written and
+    published; only the failed node's prices are retried; nothing is counted as refused."""
+    cache = HalfDownCache(clock)
+    stream, status = make(cache, bus, clock)  # type: ignore[arg-type]
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stream.run)
+            stream.handle([quote(s, 1.0, 1.01, T0 + 1) for s in "ABC"])
+            await eventually(lambda: status.counters["prices_written"] == 3)
+            await stream.wait_idle()
+            tg.cancel_scope.cancel()
+    assert cache.batches == [["A", "B", "C"], ["B"]]
+    assert status.counters["refused_older"] == 0
+    assert status.counters["published"] == 3
+    assert status.counters["cache_write_errors"] == 1
+    assert {s: p.ts_event_ns for s, p in cache.values.items()} == dict.fromkeys("ABC", T0 + 1)
