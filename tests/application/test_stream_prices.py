@@ -358,7 +358,7 @@ async def test_a_partial_write_counts_what_was_applied_and_retries_only_the_rest
     """Issue 11, defect 9: the nodes that applied their part are counted as written and
     published; only the failed node's prices are retried; nothing is counted as refused."""
     cache = HalfDownCache(clock)
-    stream, status = make(cache, bus, clock)  # type: ignore[arg-type]
+    stream, status = make(cache, bus, clock)
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             await tg.start(stream.run)
