@@ -310,3 +310,22 @@ def test_the_running_line_says_where_prices_go_in_words() -> None:
     assert describe_store(load_settings({})) == "memory (no REDIS_URL: in this process only)"
     single = load_settings({"REDIS_URL": "redis://:pw@r1:6379/0"})
     assert describe_store(single) == "Redis redis://:***@r1:6379/0"
+
+
+@pytest.mark.parametrize(("keep_times", "stale"), [("false", False), ("true", True)])
+async def test_the_bundled_replay_plays_as_if_live_unless_told_to_keep_times(
+    keep_times: str, stale: bool
+) -> None:
+    settings = load_settings(
+        EMBEDDED
+        | {"MDS_FEED": "replay", "MDS_REPLAY_SPEED": "0", "MDS_REPLAY_KEEP_TIMES": keep_times}
+    )
+    async with anyio.create_task_group() as tg:
+        running: Running = await tg.start(run, settings)
+        await wait_for(lambda: running.service.status.counters["prices_written"] >= 3)
+        async with httpx.AsyncClient(base_url=running.http_urls[0]) as client:
+            price = (await client.get("/prices/AAPL")).json()
+        tg.cancel_scope.cancel()
+    assert price["stale"] is stale
+    if not stale:
+        assert price["age_s"] < 60  # the recording is months old; as if live, it is fresh

@@ -12,6 +12,7 @@ exception. After the state is cleared, every role works again without a restart.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -234,12 +235,17 @@ async def test_failing_background_save_is_an_outage_for_writers(
     await assert_recovers(debug_server.url)
 
 
-async def test_flushed_script_cache_is_reloaded(debug_server: RedisServer) -> None:
-    """NOSCRIPT after SCRIPT FLUSH: the checked write loads its script again, no error."""
+async def test_flushed_script_cache_is_reloaded(
+    debug_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NOSCRIPT after SCRIPT FLUSH: the checked write loads its script again, no error; and
+    nothing at INFO or above says so (it is what every first start does, not a fault)."""
     assert await roles(debug_server.url) == ALL_OK
     with admin(debug_server) as r:
         r.script_flush()
-    assert await roles(debug_server.url) == ALL_OK
+    with caplog.at_level(logging.INFO, "adapters.redis"):
+        assert await roles(debug_server.url) == ALL_OK
+    assert [r.getMessage() for r in caplog.records if "script" in r.getMessage()] == []
 
 
 async def test_password_required_is_a_setting_naming_redis_url(tmp_path: Path) -> None:
