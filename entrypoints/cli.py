@@ -131,7 +131,13 @@ def _reader_from_settings() -> object:
     settings = _settings_or_exit()
     assert isinstance(settings, Settings)
     if settings.redis_mode == "memory":
-        print("mds: set REDIS_URL (the service's Redis) to read prices", file=sys.stderr)
+        print(
+            "mds: set REDIS_URL (the service's Redis) to read prices; a service without Redis "
+            "keeps them in its own process: ask its HTTP API (e.g. curl "
+            "'http://127.0.0.1:8000/prices?symbols=AAPL,MSFT', or /prices/stream for live "
+            "updates) or read its log, which shows a few prices every 5 s",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     return PriceReader(
         settings.redis_url or "redis://",

@@ -185,6 +185,13 @@ def test_watch_without_redis_says_so_and_exits_3() -> None:
 
 
 @pytest.mark.parametrize("command", ["price", "watch"])
+def test_without_redis_url_it_says_where_the_prices_are_instead(command: str) -> None:
+    result = mds(command, "AAPL")
+    assert result.returncode == 2
+    assert "set REDIS_URL" in result.stderr and "/prices?symbols=" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["price", "watch"])
 def test_redis_refusing_our_password_is_a_setting_error_exit_2(
     command: str, tmp_path: Path
 ) -> None:
