@@ -255,6 +255,8 @@ async def test_password_required_is_a_setting_naming_redis_url(tmp_path: Path) -
     try:
         got = await roles(server.url)
         assert got == dict.fromkeys(ALL_OK, "setting")
+        resp3 = f"{server.url}?protocol=3"  # "HELLO must be called with the client already..."
+        assert await roles(resp3) == dict.fromkeys(ALL_OK, "setting")
         wrong = f"redis://:wrong-pw@127.0.0.1:{server.port}/0"
         assert await roles(wrong) == dict.fromkeys(ALL_OK, "setting")  # WRONGPASS
         right = f"redis://:s3cret-pw@127.0.0.1:{server.port}/0"
