@@ -98,6 +98,7 @@ class MetricsSnapshot:
     leader: bool = True
     uptime_s: float = 0.0
     features_failing: frozenset[str] = frozenset()
+    http_rejected: int = 0
     feature_failures: Mapping[str, int] = field(default_factory=dict)
     streams: tuple[StreamSnapshot, ...] = ()
 
@@ -187,6 +188,7 @@ class MetricsSnapshot:
             leader=status.role is Role.LEADER,
             uptime_s=status.uptime_s(now) if now is not None else 0.0,
             features_failing=frozenset(status.features.failing),
+            http_rejected=c["http_rejected"],
             feature_failures=dict(status.features.failures),
         )
 
@@ -411,6 +413,11 @@ class _SnapshotCollector(Collector):
             failures.add_metric([name], s.feature_failures.get(name, 0))
         yield failing
         yield failures
+        yield counter(
+            "http_rejected",
+            "HTTP requests answered 503 because MDS_HTTP_MAX_CONCURRENCY was reached.",
+            s.http_rejected,
+        )
         yield from _stream_metrics(ns, s.streams)
 
 

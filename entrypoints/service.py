@@ -37,6 +37,7 @@ from application.leadership import LeaderElection
 from application.service import MarketDataService
 from domain.errors import FatalFeedError, FatalStoreError
 from entrypoints.container import Container
+from entrypoints.http_limit import ConcurrencyLimit
 from entrypoints.optional import serve_http_alone
 from entrypoints.settings import Settings, SettingsError, load_settings, unknown_variables
 
@@ -184,7 +185,11 @@ async def run(
             cors_origins=settings.cors_origins,
             sse_send_timeout_s=settings.sse_send_timeout_s,
         )
-        app = create_app(view, metrics.registry, fanout=fanout, options=options)
+        app = ConcurrencyLimit(
+            create_app(view, metrics.registry, fanout=fanout, options=options),
+            settings.http_max_concurrency,
+            service.status.counters,
+        )
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(

@@ -413,6 +413,18 @@ class Settings(BaseSettings):
         validation_alias="MDS_HTTP_PORT",
         description="Port of the HTTP API (`0`: any free port).",
     )
+    http_max_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=10_000,
+        validation_alias="MDS_HTTP_MAX_CONCURRENCY",
+        description=(
+            "Most HTTP requests served at once (`/health`, `/ready` and `/metrics` have 4 more "
+            "of their own; `/prices/stream` is not counted); four times as many wait up to 1 s "
+            "for a slot, the rest get a quick 503 with `Retry-After: 1`: an HTTP flood cannot "
+            "starve the price stream."
+        ),
+    )
     http_token: SecretStr | None = Field(
         default=None,
         validation_alias="MDS_HTTP_TOKEN",
