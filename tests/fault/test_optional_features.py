@@ -110,6 +110,7 @@ async def test_500_sync_requests_make_at_most_two_gateway_calls(tmp_path: Path) 
             MDS_POSITION_SOURCE="gateway",
             MDS_POSITIONS_URL=gateway.url,
             MDS_POSITION_SYNC_INTERVAL="300",
+            MDS_HTTP_MAX_CONCURRENCY="500",  # this test is about the syncs, not the HTTP bound
         ) as service:
             await service.wait_health(
                 lambda h: h["status"] == "healthy" and h["subscribed_symbols"] == 2
