@@ -15,6 +15,7 @@ from tests.conditions import wait_for
 from tests.e2e.service_process import ServiceProcess, metric_total
 from tests.fault.helpers import (
     alpaca_server,
+    authenticated_sessions,
     cached_timestamps,
     quotes_of_active_session,
     service_process,
@@ -156,3 +157,50 @@ async def test_sigterm_with_redis_frozen_exits_within_2_s(
     print(f"\nSIGTERM with Redis frozen: exit {code} after {took * 1000:.0f} ms")
     assert code == 0, service.log()[-3000:]
     assert took < 2.0, took
+
+
+async def test_ha_after_redis_loses_its_data_one_instance_streams(
+    tmp_path: Path, own_redis_server: RedisServer
+) -> None:
+    """Defect 6 as a process: an HA pair streams (one leader); Redis is FLUSHALLed. Within a
+    few renewal periods exactly one instance says leader and streams, and the venue never sees
+    two authenticated sessions at once from then on (a second one would also be refused with
+    406). Before: the new leader's INCR restarted at 1, both held "token 1", both led 40 s+."""
+    ha = {"MDS_SYMBOLS": ",".join(SYMBOLS), "MDS_HA": "true", "MDS_HA_LEASE_TTL": "2"}
+    peak = [0]
+    async with (
+        alpaca_server(CONFIG) as server,
+        service_process(tmp_path, server, own_redis_server.url, **ha) as first,
+        service_process(tmp_path, server, own_redis_server.url, **ha) as second,
+        anyio.create_task_group() as tg,
+    ):
+        pair = (first, second)
+
+        async def roles() -> list[str]:
+            found = [await health_of(s) for s in pair]
+            return sorted(str(h.get("role")) for h in found)
+
+        async def one_leader_streaming() -> bool:
+            return await roles() == ["leader", "standby"] and quotes_of_active_session(
+                server
+            ) >= set(SYMBOLS)
+
+        await wait_for(one_leader_streaming, timeout_s=45, step_s=0.05)
+        with own_redis_server.client() as r:
+            r.flushall()
+
+        def observe() -> bool:
+            peak[0] = max(peak[0], authenticated_sessions(server))
+            return False
+
+        tg.start_soon(server.wait_until, observe)
+        # Settle: the old leader's renewal (every 0.6 s) fails on identity; then 3 s more in
+        # which the roles must stay one leader, one standby (sampled, bounded).
+        await wait_for(one_leader_streaming, timeout_s=10, step_s=0.05)
+        settled_at = anyio.current_time()
+        while anyio.current_time() - settled_at < 3.0:
+            assert await roles() == ["leader", "standby"]
+            await anyio.sleep(0.1)
+        tg.cancel_scope.cancel()
+    assert peak[0] == 1, peak
+    assert server.stats.errors_sent[406] == 0
