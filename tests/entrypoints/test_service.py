@@ -292,7 +292,8 @@ async def test_the_summary_line_shows_rate_symbols_priced_and_a_few_prices(
     await cache.put_many(
         [Price(s, 1.0, 1.02, 1.01, ts, "IEX") for s in ("AAPL", "AMD", "MSFT", "NVDA")]
     )
-    service = cast(MarketDataService, SimpleNamespace(status=status, cache=cache))
+    fake = SimpleNamespace(status=status, cache=cache, confirmed=lambda: status.confirmed)
+    service = cast(MarketDataService, fake)
     with caplog.at_level(logging.INFO, "mds"):
         async with anyio.create_task_group() as tg:
             tg.start_soon(log_summary, service, 0.05)
