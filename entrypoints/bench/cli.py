@@ -93,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also profile the service under max load with py-spy into DIR",
     )
+    parser.add_argument(
+        "--http-flood",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure each fixed rate under an HTTP flood: N connections hammering "
+        "GET /prices/<symbol> (the service only; shows the price latency the stream keeps "
+        "while the API is flooded, MDS_HTTP_MAX_CONCURRENCY)",
+    )
     parser.add_argument("--out", type=Path, help="JSON results (default bench-results/<time>.json)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     parser.add_argument(
@@ -120,6 +129,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         floors=pick(args.floors, True, False),
         profile_dir=args.profile,
         keep_logs=args.keep_logs,
+        http_flood=args.http_flood,
         log=_stderr_log,
     )
 

@@ -45,6 +45,7 @@ class Options:
     floors: bool = True
     profile_dir: Path | None = None
     keep_logs: bool = False
+    http_flood: int = 0  # connections flooding /prices/<symbol> in extra fixed-rate phases
     log: Callable[[str], None] = field(default=lambda _msg: None, compare=False)
 
 
@@ -99,6 +100,10 @@ class PhaseResult:
     examples: list[str] = field(default_factory=list)
     sustained: bool | None = None
     error: str | None = None
+    # Under an HTTP flood (--http-flood N): its connections, requests/s answered, share of 503.
+    http_flood: int = 0
+    http_rps: float | None = None
+    http_503_share: float | None = None
 
 
 @dataclass(slots=True)

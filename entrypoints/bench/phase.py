@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,12 @@ from entrypoints.bench.model import (
 )
 from entrypoints.bench.processes import (
     Children,
+    LineReader,
     RedisProcess,
     Subscriber,
     UnderTest,
     start_stream_server,
+    symbol_names,
     wait_until,
 )
 from entrypoints.bench.profiling import start_profiler
@@ -35,10 +39,17 @@ from entrypoints.bench.sampling import (
 
 
 def run_phase(opts: Options, children: Children, redis: RedisProcess, target: Target,
-              rate: int, run: int, profile: Path | None = None) -> PhaseResult:  # fmt: skip
-    """Measure one phase; every process it starts is stopped before it returns."""
+              rate: int, run: int, profile: Path | None = None,
+              flood: int = 0) -> PhaseResult:  # fmt: skip
+    """Measure one phase; every process it starts is stopped before it returns. With
+    ``flood`` connections, an HTTP flood hammers ``/prices/<first symbol>`` from before the
+    warm-up to past the window (the service only)."""
     phase = "max" if rate == 0 else f"{rate:,}/s"
+    if flood:
+        phase += f" + HTTP flood {flood}"
     result = PhaseResult(target.impl, target.fmt, target.batch, target.symbols, phase, rate, run)
+    result.http_flood = flood
+    flooding: subprocess.Popen[bytes] | None = None
     redis.flushall()
     started: list[subprocess.Popen[Any]] = []
     sampler: RssSampler | None = None
@@ -53,6 +64,16 @@ def run_phase(opts: Options, children: Children, redis: RedisProcess, target: Ta
         under.wait_ready()
         wait_until("the first price at the subscriber", lambda: sub.received() > 0,
                    START_TIMEOUT_S, under.proc)  # fmt: skip
+        if flood and under.http_port:
+            flooding = children.spawn(
+                "http-flood",
+                [sys.executable, "-m", "entrypoints.bench.flood", "--port", str(under.http_port),
+                 "--path", f"/prices/{symbol_names(target.symbols)[0]}",
+                 "--connections", str(flood),
+                 "--duration", str(opts.warmup_s + opts.duration_s + 1.0)],
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            started.append(flooding)
         time.sleep(opts.warmup_s)  # warm-up: not measured
 
         pids = {"process": under.pid, "server": server.pid, "redis": redis.proc.pid,
@@ -77,6 +98,14 @@ def run_phase(opts: Options, children: Children, redis: RedisProcess, target: Ta
         cpu1["process-sys"] = process_sys_seconds(under.pid)
         if spy is not None:
             spy.wait(timeout=opts.duration_s + 30)
+
+        if flooding is not None:
+            line = LineReader(flooding.stdout).read_line(30.0, "the HTTP flood's summary")
+            summary = json.loads(line)
+            answered = int(summary["answered"])
+            result.http_rps = float(summary["rps"])
+            busy = int(summary["by_status"].get("503", 0))
+            result.http_503_share = busy / answered if answered else None
 
         # Stop the source, let the pipeline drain, then take the totals.
         Children.stop(server)

@@ -53,6 +53,18 @@ LATENCY_COLUMNS: Final = ("impl", "format", "batch", "symbols", "rate", "prices/
 _SUSTAINED: Final = {True: "yes", False: "NO", None: "-"}
 
 
+def _rate(r: dict[str, Any]) -> str:
+    """The rate cell; under an HTTP flood, with what the flood got answered."""
+    text = f"{r['rate']:,}"
+    if not r.get("http_flood"):
+        return text
+    rps, busy = r.get("http_rps"), r.get("http_503_share")
+    got = f"{num(rps)} req/s" if rps is not None else "? req/s"
+    if busy is not None:
+        got += f", {busy:.0%} 503"
+    return f"{text} + HTTP flood {r['http_flood']} ({got})"
+
+
 def table_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[list[str]], list[list[str]]]:
     throughput: list[list[str]] = []
     latency: list[list[str]] = []
@@ -73,7 +85,7 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[list[str]], list[li
             ])  # fmt: skip
         else:
             latency.append([
-                *head, f"{r['rate']:,}", num(r["throughput"]), num(r["p50_ms"], 2),
+                *head, _rate(r), num(r["throughput"]), num(r["p50_ms"], 2),
                 num(r["p99_ms"], 2), num(r["p999_ms"], 2), num(r["cpu_us_per_quote"], 1),
                 num(r["peak_rss_mb"]), _violations(r), _SUSTAINED[r["sustained"]],
                 num(_other_load(r), 2),

@@ -69,7 +69,7 @@ def targets(opts: Options) -> list[Target]:
 
 
 _NUMERIC: Final = ("window_s", "throughput", "quotes_in", "p50_ms", "p99_ms", "p999_ms", "max_ms",
-                   "cpu_us_per_quote", "peak_rss_mb")  # fmt: skip
+                   "cpu_us_per_quote", "peak_rss_mb", "http_rps", "http_503_share")  # fmt: skip
 
 
 _SUMMED: Final = ("conflated", "dropped", "refused_older", "missing", "exact_violations",
@@ -86,6 +86,7 @@ def medians(results: Sequence[PhaseResult]) -> list[dict[str, Any]]:
         ok = [r for r in group if r.error is None]
         row: dict[str, Any] = {"impl": impl, "fmt": fmt, "batch": batch, "symbols": symbols,
                                "phase": phase, "rate": group[0].rate, "runs": len(ok),
+                               "http_flood": group[0].http_flood,
                                "errors": [r.error for r in group if r.error]}  # fmt: skip
         for name in _NUMERIC:
             values = [v for r in ok if (v := getattr(r, name)) is not None]
@@ -126,15 +127,21 @@ def run_bench(opts: Options) -> dict[str, Any]:
         opts.log(f"machine: {machine.describe()}; code {out['code']}")
         if opts.floors:
             out["floors"] = _floors(opts, children, redis)
-        phases = [0, *opts.rates]
         plan = targets(opts)
+        # (rate, flood connections): the unthrottled phase, each fixed rate, and with
+        # --http-flood each fixed rate again under the flood (the service only).
+        phases = [(0, 0), *((rate, 0) for rate in opts.rates)]
+        if opts.http_flood:
+            phases += [(rate, opts.http_flood) for rate in opts.rates]
         total = len(plan) * len(phases) * opts.runs
         done = 0
         for run in range(1, opts.runs + 1):
             for target in plan:
-                for rate in phases:
+                for rate, flood in phases:
+                    if flood and target.impl != MDS:
+                        continue
                     done += 1
-                    r = run_phase(opts, children, redis, target, rate, run)
+                    r = run_phase(opts, children, redis, target, rate, run, flood=flood)
                     results.append(r)
                     failed |= r.error is not None
                     opts.log(f"[{done}/{total}] run {run} {target.label} {r.phase}: {_brief(r)}")
@@ -266,6 +273,7 @@ def _options_json(opts: Options) -> dict[str, Any]:
         "symbols": list(opts.symbols), "rates": list(opts.rates),
         "duration_s": opts.duration_s, "warmup_s": opts.warmup_s, "runs": opts.runs,
         "baseline_modes": list(opts.baseline_modes), "floors": opts.floors,
+        "http_flood": opts.http_flood,
     }  # fmt: skip
 
 

@@ -54,6 +54,33 @@ def test_bench_measures_the_service_end_to_end() -> None:
     assert "| mds | msgpack | 10 | 100 |" in markdown(doc)
 
 
+def test_bench_http_flood_phase_measures_price_latency_under_the_flood() -> None:
+    """``--http-flood N``: each fixed rate again while N connections hammer /prices/<symbol>;
+    the row says how many requests the flood got answered and what share were 503."""
+    messages: list[str] = []
+    opts = Options(
+        formats=("msgpack",),
+        batches=(10,),
+        symbols=(100,),
+        rates=(1_000,),
+        duration_s=2.0,
+        warmup_s=0.5,
+        runs=1,
+        baseline_modes=(),
+        floors=False,
+        http_flood=16,
+        log=messages.append,
+    )
+    doc = run_bench(opts)
+    results = doc["results"]
+    assert [r["error"] for r in results] == [None, None, None], messages
+    flooded = results[-1]
+    assert flooded["phase"] == "1,000/s + HTTP flood 16" and flooded["http_flood"] == 16
+    assert flooded["http_rps"] > 0 and 0 <= flooded["http_503_share"] <= 1
+    assert flooded["received"] > 0 and flooded["order_violations"] == 0
+    assert "+ HTTP flood 16 (" in markdown(doc)
+
+
 def test_thread_hop_floor_is_measured_in_a_fresh_process() -> None:
     hop = thread_hop_floor(200.0, 0.25)
     assert hop is not None
