@@ -3,7 +3,9 @@ the chaos soak: ``tests/e2e/service_process.py`` re-exports it)."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,19 +17,37 @@ from pathlib import Path
 import anyio
 import httpx
 
-from entrypoints.testbed.redis_servers import free_port
-
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = Path(__file__).resolve().parents[1] / "service.py"
 KEY, SECRET = "PKE2ETESTKEY", "e2e-secret-value-never-logged"
+_LISTENING = re.compile(r"HTTP API listening on http://(\[[^\]]+\]|[^\s,:\"]+):(\d+)")
+_service_numbers = itertools.count(1)
 
 
 @dataclass
 class ServiceProcess:
     proc: subprocess.Popen[bytes]
-    http: str
+    requested_http: str  # ends in ":0" when the service picks its own port (the default here)
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    _bound_http: str | None = None
+
+    @property
+    def http(self) -> str:
+        """The API's base URL. With port 0 (no race between finding a free port and binding
+        it), the address the service bound, read from its start-up line once written; until
+        then the requested URL, whose port 0 refuses connections, so health polls keep waiting.
+        """
+        if self._bound_http is None:
+            if not self.requested_http.endswith(":0"):
+                self._bound_http = self.requested_http
+            else:
+                found = _LISTENING.search(self.log())
+                if found is not None:
+                    host, port = found.group(1), found.group(2)
+                    host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host
+                    self._bound_http = f"http://{host}:{port}"
+        return self._bound_http or self.requested_http
 
     @property
     def pid(self) -> int:
@@ -91,7 +111,9 @@ class ServiceProcess:
 def start_service(
     tmp_path: Path, stream_url: str, redis_url: str | None, **extra: str
 ) -> ServiceProcess:
-    port = free_port()
+    """Start the service; its HTTP API binds port 0 (the OS picks a free one, read back from
+    the start-up line: see :attr:`ServiceProcess.http`) unless ``MDS_HTTP_PORT`` is given."""
+    port = int(extra.get("MDS_HTTP_PORT", "0"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MDS_", "ALPACA_", "APCA_"))}
     env.pop("REDIS_URL", None)
     env.update(
@@ -110,7 +132,7 @@ def start_service(
     if redis_url is not None:
         env["REDIS_URL"] = redis_url
     env.update(extra)
-    log_path = tmp_path / f"service-{port}.log"
+    log_path = tmp_path / f"service-{port or next(_service_numbers)}.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, str(SERVICE)], env=env, cwd=tmp_path, stdout=out, stderr=out
