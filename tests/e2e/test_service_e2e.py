@@ -14,7 +14,7 @@ from adapters.alpaca_compatible_server.config import ServerConfig
 from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
 from adapters.redis.reader import PriceReader
 from domain.price import Price
-from tests.e2e.service_process import SECRET, start_service
+from tests.e2e.service_process import SECRET, parse_metrics, start_service
 from tests.price_contract import check_http_price, check_price_json
 from tests.redis_servers import RedisServer
 
@@ -81,11 +81,14 @@ async def test_stream_to_redis_with_a_drop_and_a_clean_sigterm(
             answer = await service.get("/prices/AAPL")
             assert answer.status_code == 200 and answer.json()["stale"] is False
             check_http_price(answer.json())
-            metrics = (await service.get("/metrics")).text
-            assert "mds_reconnects_total 1.0" in metrics or "mds_reconnects_total 2.0" in metrics
+            metrics = parse_metrics((await service.get("/metrics")).text)
+            # One reconnect per session the service lost: the drop, plus one per 406 while the
+            # server still held the dropped session (every session but the live one ended).
+            assert metrics["mds_reconnects_total"] == server.stats.connections_accepted - 1
+            assert metrics["mds_reconnects_total"] >= 1
 
-            took = service.terminate()
-            assert service.proc.returncode == 0 and took < 2.0
+            service.terminate()  # the 2 s bound is the fault tier's (SIGTERM under load)
+            assert service.proc.returncode == 0
             await server.wait_until(lambda: 1000 in server.stats.client_close_codes)
             log = service.log()
             assert SECRET not in log

@@ -20,6 +20,7 @@ from entrypoints.bench.sampling import rss_growth
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.bench
 def test_bench_measures_the_service_end_to_end() -> None:
     messages: list[str] = []
     opts = Options(

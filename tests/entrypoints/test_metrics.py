@@ -73,9 +73,18 @@ def test_registry_is_private_so_instances_do_not_clash() -> None:
     assert b"mds_" not in prometheus_client.generate_latest(prometheus_client.REGISTRY)
 
 
-def test_is_a_stream_observer() -> None:
-    observer: StreamObserver = ServiceMetrics()  # mypy checks the Protocol here
+def test_is_a_stream_observer_and_what_it_observes_reaches_the_histograms() -> None:
+    metrics = ServiceMetrics()
+    observer: StreamObserver = metrics  # mypy checks the Protocol here
     observer.observe_write(0.001, 3)
+    observer.observe_quote_age(0.25)
+    got = samples(metrics)
+    assert got[("mds_cache_write_seconds_count", ())] == 1
+    assert got[("mds_cache_write_seconds_sum", ())] == 0.001
+    assert got[("mds_cache_write_batch_size_count", ())] == 1
+    assert got[("mds_cache_write_batch_size_sum", ())] == 3
+    assert got[("mds_quote_age_seconds_count", ())] == 1
+    assert got[("mds_quote_age_seconds_sum", ())] == 0.25
 
 
 def test_histograms_and_their_buckets() -> None:

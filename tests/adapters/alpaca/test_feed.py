@@ -687,7 +687,14 @@ async def test_secrets_never_appear_in_reprs_errors_or_logs(logs: LogRecords) ->
                             pass
                 except Exception as e:
                     errors.append(e)
-    assert len(errors) == 4
+    # Each script ends its own way: the 401 drop, bad keys, a refused auth, a refused symbol.
+    assert [type(e) for e in errors] == [
+        FeedDisconnected,
+        FatalFeedError,
+        FatalFeedError,
+        SymbolsRejected,
+    ]
+    assert [getattr(e, "code", None) for e in errors] == [401, 402, 400, 400]
     everything = logs.everything() + "".join(f"{e!r}{e}{e.__cause__!r}" for e in errors)
     assert "alpaca" in everything  # the adapter did log
     assert SECRET not in everything

@@ -28,7 +28,7 @@ def test_adapters_satisfy_the_ports(redis_server: RedisServer) -> None:
     cache: PriceCache = RedisPriceCache(conn)  # mypy checks the Protocols here
     bus: EventBus = RedisEventBus(conn)
     assert cache.ttl_s == 300.0
-    assert bus is not None
+    assert isinstance(bus, RedisEventBus) and isinstance(cache, RedisPriceCache)
     conn.close()
 
 
