@@ -9,4 +9,8 @@ Run: ``.venv/bin/python -m pytest tests/fault -q -m fault``.
 
 from __future__ import annotations
 
-from tests.redis_servers import own_redis_server, redis_server  # noqa: F401  (fixtures)
+from tests.redis_servers import (  # noqa: F401  (fixtures)
+    own_redis_cluster,
+    own_redis_server,
+    redis_server,
+)

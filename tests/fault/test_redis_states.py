@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import redis
 
 from adapters.alpaca_compatible_server.config import ServerConfig
 from adapters.redis.reader import PriceReader
@@ -21,7 +22,7 @@ from tests.fault.helpers import (
     service_process,
     wall_ns,
 )
-from tests.redis_servers import RedisServer, start_server
+from tests.redis_servers import RedisClusterHandle, RedisServer, start_server
 
 pytestmark = [pytest.mark.fault, pytest.mark.redis, pytest.mark.e2e]
 
@@ -204,3 +205,90 @@ async def test_ha_after_redis_loses_its_data_one_instance_streams(
         tg.cancel_scope.cancel()
     assert peak[0] == 1, peak
     assert server.stats.errors_sent[406] == 0
+
+
+async def test_a_live_cluster_reshard_while_streaming_never_ends_the_process(
+    tmp_path: Path, own_redis_cluster: RedisClusterHandle
+) -> None:
+    """Defect 8 as a process: the service streams into a three-master cluster while
+    ``redis-cli --cluster reshard`` moves every slot of the first master that holds a price
+    key to the second. Keys move one by one while their slot is MIGRATING, so the checked
+    write meets "Script attempted to access a non local key". The process stays up through
+    the reshard and every symbol is fresh afterwards. Before: the ResponseError ended it."""
+    cluster = own_redis_cluster
+    symbols = [f"RS{i}" for i in range(12)]
+    async with (
+        alpaca_server(CONFIG) as server,
+        service_process(
+            tmp_path,
+            server,
+            cluster.url,
+            MDS_SYMBOLS=",".join(symbols),
+            MDS_REDIS_CLUSTER="true",
+        ) as service,
+        PriceReader(cluster.url, cluster=True) as reader,
+    ):
+        await service.wait_health(
+            lambda h: h["status"] == "healthy" and h["subscribed_symbols"] == len(symbols),
+            timeout_s=45,
+        )
+        source, target = cluster.nodes[0], cluster.nodes[1]
+        with redis.RedisCluster.from_url(cluster.url) as rc:
+            slots = sorted(
+                {rc.keyslot(f"price:{s}") for s in symbols} & set(_slots_of(rc, source.port))
+            )
+        assert slots, "no price key on the first master"
+        target_id = _node_id(target)
+        source_id = _node_id(source)
+        for slot in slots:  # what `redis-cli --cluster reshard` does, slot by slot
+            await anyio.to_thread.run_sync(
+                _move_slot, cluster, slot, source, target, source_id, target_id
+            )
+            assert service.proc.poll() is None, service.log()[-3000:]
+        moved_ns = wall_ns()
+
+        async def fresh() -> bool:
+            stamps = await cached_timestamps(reader, symbols)
+            return all(ts > moved_ns for ts in stamps.values())
+
+        await wait_for(fresh, timeout_s=15, step_s=0.05)
+        await service.wait_health(lambda h: h["status"] == "healthy")
+        assert service.proc.poll() is None
+
+
+def _slots_of(rc: redis.RedisCluster, port: int) -> list[int]:
+    out: list[int] = []
+    for start, end, *nodes in rc.execute_command("CLUSTER", "SLOTS"):  # type: ignore[no-untyped-call]
+        if int(nodes[0][1]) == port:
+            out.extend(range(int(start), int(end) + 1))
+    return out
+
+
+def _node_id(node: RedisServer) -> str:
+    with node.client() as c:
+        raw = c.execute_command("CLUSTER", "MYID")
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _move_slot(
+    cluster: RedisClusterHandle,
+    slot: int,
+    source: RedisServer,
+    target: RedisServer,
+    source_id: str,
+    target_id: str,
+) -> None:
+    """Migrate one slot key by key (with a pause between keys, as a big slot would take),
+    then hand it over on every node."""
+    import time
+
+    with source.client() as s, target.client() as t:
+        t.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10):
+            s.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            time.sleep(0.3)  # keys moved, slot not yet handed over: the window of defect 8
+        time.sleep(0.3)
+        for node in cluster.nodes:
+            with node.client() as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
