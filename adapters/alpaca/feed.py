@@ -36,7 +36,8 @@ Venue error codes and their reactions (all counted in ``stats.errors_by_code``):
 409         FatalFeedError (plan lacks the feed; setting ALPACA_STREAM_URL, hint v2/iex)
 412         FatalFeedError (stream needs msgpack)
 406         FeedUnavailable(min_delay=15): another session holds the single slot
-404         FeedUnavailable: auth timeout
+404         FeedUnavailable: auth timeout (HTTP 404 at the upgrade: FatalFeedError,
+            no stream at the URL's path; setting ALPACA_STREAM_URL)
 401, 407    FeedDisconnected (401 is an ordering bug, logged at ERROR)
 500         FeedUnavailable during the handshake, FeedDisconnected later
 405         the pending subscribe raises SymbolsRejected(limit_exceeded=True)
@@ -665,14 +666,25 @@ class AlpacaQuoteFeed:
             # This nursery holds trio-websocket's reader task (see adapters.alpaca.transport):
             # ours, so that every wait in it has our deadline and leaving cannot hang on it.
             async with trio.open_nursery() as transport:
-                link = await dial(
-                    transport,
-                    cfg.url,
-                    timeout_s=cfg.connect_timeout_s,
-                    extra_headers=headers,
-                    message_queue_size=cfg.message_queue_size,
-                    max_message_size=cfg.max_message_size,
-                )
+                try:
+                    link = await dial(
+                        transport,
+                        cfg.url,
+                        timeout_s=cfg.connect_timeout_s,
+                        extra_headers=headers,
+                        message_queue_size=cfg.message_queue_size,
+                        max_message_size=cfg.max_message_size,
+                    )
+                except FeedUnavailable as e:
+                    if e.code == 404:
+                        # Alpaca answers a URL that is no stream with HTTP 404 at the upgrade:
+                        # a setting, retrying cannot fix it (the Go SDK stops too).
+                        raise FatalFeedError(
+                            "HTTP 404 at the WebSocket upgrade: no stream at this URL's path "
+                            "(stocks: /v2/iex, /v2/sip, /v2/delayed_sip, /v2/test)",
+                            code=404, setting=cfg.url_setting, lane_only=True,
+                        ) from e  # fmt: skip
+                    raise
                 try:
                     session = AlpacaSession(
                         link.ws, cfg, self._stats, self._now_ns, self._decode_log, recorder

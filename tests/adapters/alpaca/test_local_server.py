@@ -211,3 +211,20 @@ async def test_internal_error_500_is_retryable(auth: str) -> None:
             with pytest.raises(FeedUnavailable, match="500"):
                 async with make_feed(server, auth=auth).connect():
                     pytest.fail("must not get a session")
+
+
+async def test_a_url_that_is_no_stream_is_a_setting_error() -> None:
+    """Alpaca answers a wrong stream path with HTTP 404 at the upgrade; retrying cannot fix
+    it: FatalFeedError naming ALPACA_STREAM_URL (was: FeedUnavailable, retried forever)."""
+    with trio.fail_after(GUARD_S):
+        async with local_server() as server:
+            feed = AlpacaQuoteFeed(
+                AlpacaFeedConfig(
+                    Secret("PKLOCAL1"), Secret(KEYS["PKLOCAL1"]), url=f"{server.url}/v2/iexx"
+                )
+            )
+            with pytest.raises(FatalFeedError) as caught:
+                async with feed.connect():
+                    pytest.fail("must not get a session")
+    assert caught.value.code == 404 and caught.value.setting == "ALPACA_STREAM_URL"
+    assert server.stats.upgrades_rejected == 1
