@@ -20,7 +20,7 @@ from typing import NoReturn
 import anyio
 
 from application.status import ServiceStatus
-from domain.backoff import BackoffPolicy, ReconnectBackoff
+from domain.backoff import BackoffPolicy, ReconnectBackoff, SlotRetry
 from domain.connection import ConnectionState
 from domain.errors import FatalFeedError, RetryableFeedError, SymbolsRejected
 from domain.market import MarketEvent, Subscriptions
@@ -43,6 +43,7 @@ class KeepConnected:
         rng: Callable[[], float] | None = None,
         chunk_size: int = 400,
         on_subscribed: Callable[[frozenset[str]], None] | None = None,
+        slot_retry: SlotRetry | None = None,
     ) -> None:
         self._feed = feed
         self._clock = clock
@@ -52,6 +53,7 @@ class KeepConnected:
         self._rng = rng
         self._chunk_size = chunk_size
         self._on_subscribed = on_subscribed
+        self._slot_retry = slot_retry or SlotRetry()
         self._session: FeedSession | None = None
         self._target: frozenset[str] = frozenset()
         self._ranked: list[str] = []  # the target, best first (who stays under a limit)
@@ -82,11 +84,26 @@ class KeepConnected:
                     ack = await session.unsubscribe(Subscriptions.quotes(set(plan.to_remove)))
                     self._status.confirmed = ack.confirmed.symbols()
                 to_add = [s for s in (ranked or sorted(plan.to_add)) if s in plan.to_add]
-                await self._subscribe(session, to_add)
-                if to_add and self._on_subscribed is not None:
-                    self._on_subscribed(frozenset(to_add) & self._status.confirmed)
+                # Symbols an earlier ack left out (Alpaca drops unknown ones silently): asked
+                # for again at every sync, so one the venue learns (a new listing) is picked up.
+                retry = sorted((self._status.unconfirmed & self._target) - plan.to_add)
+                if retry:
+                    log.info("asking again for %d unconfirmed symbols", len(retry))
+                added = to_add + retry
+                await self._subscribe(session, added)
+                self._note_unconfirmed(session)
+                if added and self._on_subscribed is not None:
+                    self._on_subscribed(frozenset(added) & self._status.confirmed)
             except RetryableFeedError as e:
                 log.warning("subscription change interrupted, will resubscribe on reconnect: %s", e)
+
+    def _note_unconfirmed(self, session: FeedSession) -> None:
+        """What the venue's last ack left out of the target (not refused, not over a limit)."""
+        status = self._status
+        confirmed = session.confirmed.symbols()
+        status.unconfirmed = frozenset(
+            self._target - confirmed - status.rejected - set(status.left_out)
+        )
 
     async def _subscribe(self, session: FeedSession, symbols: Sequence[str]) -> None:
         """Subscribe ``symbols`` (best first) in chunks; on a symbol-limit refusal, fall back
@@ -148,6 +165,8 @@ class KeepConnected:
     async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         status = self._status
         started = False
+        run_started = self._clock.monotonic()
+        had_session = False  # in this run (a new leader, a fresh start: see SlotRetry)
         while True:
             status.set_state(ConnectionState.CONNECTING)
             connected = False  # this attempt got a subscribed session (else nothing was lost)
@@ -158,8 +177,9 @@ class KeepConnected:
                     async with self._lock:
                         self._session = session
                         await self._subscribe(session, self._ranked)
+                        self._note_unconfirmed(session)
                     status.set_state(ConnectionState.CONNECTED)
-                    connected = True
+                    connected = had_session = True
                     if self._on_subscribed is not None and status.confirmed:
                         # After every (re)connect: what was missed meanwhile comes as a snapshot.
                         self._on_subscribed(status.confirmed)
@@ -178,7 +198,23 @@ class KeepConnected:
                 self._session = None
                 status.connected_since = None
                 status.confirmed = frozenset()
+                status.unconfirmed = frozenset()
                 status.set_state(ConnectionState.DISCONNECTED)
+                since_start = self._clock.monotonic() - run_started
+                fast = self._slot_retry.delay(
+                    slot_taken=e.slot_taken, had_session=had_session, since_start_s=since_start
+                )
+                if fast is not None:
+                    # Most likely a predecessor that froze or died holding the slot: the venue
+                    # frees it at an unknown moment; look often, for a bounded time.
+                    status.reconnects += 1
+                    log.warning(
+                        "cannot open a feed session (%s); a previous holder may not have let "
+                        "go yet: retrying in %.1f s (for up to %.0f s after start)",
+                        e, fast, self._slot_retry.window_s,
+                    )  # fmt: skip
+                    await anyio.sleep(fast)
+                    continue
                 delay = self._backoff.on_failure(self._rng, e.min_delay)
                 if delay is None:
                     reason = f"gave up after {self._backoff.attempts - 1} reconnect attempts: {e}"

@@ -55,6 +55,9 @@ class ServiceStatus:
     left_out: tuple[str, ...] = ()
     rejected: frozenset[str] = frozenset()
     unrouted: frozenset[str] = frozenset()  # asset class not streamed (MDS_ASSET_CLASSES)
+    # Wanted, subscribed, but left out of the venue's ack (unknown to it): asked for again at
+    # every sync; shown in /subscriptions and the /health detail.
+    unconfirmed: frozenset[str] = frozenset()
     last_sync_at: float | None = None
     last_sync_error: str | None = None
     pending_writes: int = 0

@@ -87,3 +87,32 @@ class ReconnectBackoff:
             self.attempts = 0
             return True
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRetry:
+    """How a NEW session owner retries "the single connection slot is taken" (Alpaca 406).
+
+    A reconnect after our own session keeps the venue's long floor (``min_delay``, 15 s): the
+    holder is most likely our own previous session, which the venue frees on its own schedule,
+    and hammering it gains nothing. But an owner that has had no session yet (a process that
+    just started, an instance that just became leader) meets a holder that froze or died without
+    closing (a SIGSTOPped leader, a killed process): the venue frees that slot when it notices,
+    at a moment we cannot know, and every second waited past it is a second without prices. So
+    such an owner retries every ``cadence_s``, for at most ``window_s`` from its start (about
+    Alpaca's ~90 s reap of a dead connection), then falls back to the floor: at most
+    ``window_s / cadence_s`` extra attempts per start.
+    """
+
+    cadence_s: float = 1.0
+    window_s: float = 90.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.cadence_s <= self.window_s:
+            raise ValueError(f"bad slot retry: cadence {self.cadence_s}, window {self.window_s}")
+
+    def delay(self, *, slot_taken: bool, had_session: bool, since_start_s: float) -> float | None:
+        """The short delay to use instead of the backoff's, or None for the usual backoff."""
+        if slot_taken and not had_session and since_start_s < self.window_s:
+            return self.cadence_s
+        return None

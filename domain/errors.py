@@ -55,12 +55,22 @@ class RetryableFeedError(FeedError):
     """The session is gone or could not be opened; reconnecting with backoff can fix it.
 
     ``min_delay`` lets the adapter ask for a longer wait than the policy's next delay (for example
-    while another session still holds the single connection slot).
+    while another session still holds the single connection slot). ``slot_taken``: the venue
+    refused because another session holds the account's single connection slot (Alpaca 406);
+    see :class:`domain.backoff.SlotRetry`.
     """
 
-    def __init__(self, reason: str, *, code: int | None = None, min_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        code: int | None = None,
+        min_delay: float = 0.0,
+        slot_taken: bool = False,
+    ) -> None:
         super().__init__(reason, code=code)
         self.min_delay = min_delay
+        self.slot_taken = slot_taken
 
 
 class FeedDisconnected(RetryableFeedError):

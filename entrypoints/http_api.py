@@ -106,6 +106,7 @@ class SubscriptionsInfo:
     last_sync_error: str | None = None
     unrouted: Sequence[str] = ()  # asset class not streamed (MDS_ASSET_CLASSES)
     streams: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    unconfirmed: Sequence[str] = ()  # subscribed, but left out of the venue's ack
 
 
 class ServiceView(Protocol):
@@ -204,6 +205,7 @@ def _subscriptions_body(info: SubscriptionsInfo) -> dict[str, object]:
         "confirmed": list(info.confirmed),
         "left_out": list(info.left_out),
         "rejected": list(info.rejected),
+        "unconfirmed": list(info.unconfirmed),
         "last_sync_error": info.last_sync_error,
         "unrouted": list(info.unrouted),
         "streams": {name: dict(body) for name, body in info.streams.items()},

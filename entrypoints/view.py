@@ -26,6 +26,13 @@ class ServiceViewAdapter:
         self._max_age_s = max_age_s
         self._max_future_skew_s = max_future_skew_s
 
+    def _unconfirmed(self) -> frozenset[str]:
+        """Symbols some stream asked for and the venue's ack left out."""
+        out: frozenset[str] = frozenset()
+        for stream in self._service.streams:
+            out |= stream.status.unconfirmed
+        return out
+
     def _redis_state(self) -> RedisState:
         if self._store == "memory":
             return "memory"
@@ -58,6 +65,15 @@ class ServiceViewAdapter:
             detail = "connected, but no symbol subscribed"
         elif status.left_out:
             detail = f"{len(status.left_out)} symbols left out by the symbol limit"
+        missing = self._unconfirmed()
+        if missing:
+            shown = ", ".join(sorted(missing)[:10])
+            more = len(missing) - 10
+            unconfirmed = (
+                f"{len(missing)} symbols not confirmed by the venue (asked for again at every "
+                f"sync): {shown}{f' and {more} more' if more > 0 else ''}"
+            )
+            detail = unconfirmed if detail is None else f"{detail}; {unconfirmed}"
         failing = status.features.detail()
         if failing is not None:
             detail = failing if detail is None else f"{detail}; {failing}"
@@ -99,6 +115,7 @@ class ServiceViewAdapter:
             confirmed=sorted(service.confirmed()),
             left_out=list(status.left_out),
             rejected=sorted(rejected),
+            unconfirmed=sorted(self._unconfirmed()),
             last_sync_error=status.last_sync_error,
             unrouted=sorted(status.unrouted),
             streams={
@@ -107,6 +124,7 @@ class ServiceViewAdapter:
                     "confirmed": sorted(stream.status.confirmed),
                     "left_out": list(stream.status.left_out),
                     "rejected": sorted(stream.status.rejected),
+                    "unconfirmed": sorted(stream.status.unconfirmed),
                     "disabled": stream.disabled,
                 }
                 for stream in service.streams

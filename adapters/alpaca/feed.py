@@ -418,7 +418,7 @@ class AlpacaSession:
                 "connection limit exceeded: another session holds the single connection slot for "
                 "these keys (another instance or app, or this service's previous session, which "
                 "Alpaca may keep for ~90 s after a drop)",
-                code=code, min_delay=CONNECTION_LIMIT_MIN_DELAY_S,
+                code=code, min_delay=CONNECTION_LIMIT_MIN_DELAY_S, slot_taken=True,
             )  # fmt: skip
         if code == 404:
             return FeedUnavailable("auth timeout: not authenticated in time", code=code)

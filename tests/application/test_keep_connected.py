@@ -195,3 +195,91 @@ async def test_log_lines_say_lost_only_for_a_session_that_was_and_count_symbols_
     assert lines[1] == "connected; subscribed to 1 symbol"
     assert lines[2].startswith("feed session lost (")
     assert lines[3] == "connected; subscribed to 1 symbol"
+
+
+def slot_taken() -> FeedUnavailable:
+    return FeedUnavailable("connection limit exceeded", code=406, min_delay=15.0, slot_taken=True)
+
+
+async def test_a_new_owner_retries_a_taken_slot_every_second_not_every_15_s(
+    feed: ScriptedQuoteFeed, cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    """A service that has had no session yet (fresh start, new leader) and meets "slot taken"
+    (406: a predecessor froze holding it) retries every second, so it streams within a second
+    of the venue freeing the slot (was: the 15 s floor, 18 s without prices after a frozen
+    leader's lease expired)."""
+    service = make_service(feed, cache, bus, clock)
+    feed.fail_next_connect(slot_taken(), times=7)  # the venue frees the slot after ~7 s
+    with anyio.fail_after(1000):
+        async with anyio.create_task_group() as tg:
+            await tg.start(service.run)
+            await feed.wait_until(lambda: feed.subscribed() == SYMBOLS)
+            offsets = [t - feed.connect_times[0] for t in feed.connect_times]
+            assert offsets == [0, 1, 2, 3, 4, 5, 6, 7]
+            assert service.status.reconnect_attempts == 0  # not counted against the policy
+            tg.cancel_scope.cancel()
+
+
+async def test_a_taken_slot_after_our_own_session_keeps_the_15_s_floor(
+    feed: ScriptedQuoteFeed, cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    """After a session of its own, the holder is most likely that session: the floor stays."""
+    service = make_service(feed, cache, bus, clock)
+    with anyio.fail_after(1000):
+        async with anyio.create_task_group() as tg:
+            await tg.start(service.run)
+            await feed.wait_until(lambda: feed.subscribed() == SYMBOLS)
+            lost_at = anyio.current_time()
+            feed.fail_next_connect(slot_taken(), times=2)
+            feed.drop_connection()
+            await feed.wait_until(lambda: len(feed.sessions) == 2 and feed.subscribed() == SYMBOLS)
+            # The policy's 5 s after the drop, then max(policy 10 / 20 s, the 15 s floor).
+            assert [t - lost_at for t in feed.connect_times[1:]] == [5, 20, 40]
+            tg.cancel_scope.cancel()
+
+
+async def test_the_fast_slot_retry_is_bounded_in_time_then_the_floor_applies(
+    feed: ScriptedQuoteFeed, cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    service = make_service(feed, cache, bus, clock)
+    feed.fail_next_connect(slot_taken(), times=95)
+    with anyio.fail_after(1000):
+        async with anyio.create_task_group() as tg:
+            await tg.start(service.run)
+            await feed.wait_until(lambda: feed.subscribed() == SYMBOLS)
+            offsets = [t - feed.connect_times[0] for t in feed.connect_times]
+            # Every second up to the 90 s window, then the usual backoff under the 15 s floor.
+            assert offsets[:91] == list(range(91))
+            assert [b - a for a, b in itertools.pairwise(offsets[90:])] == [15, 15, 20, 40, 80]
+            tg.cancel_scope.cancel()
+
+
+async def test_symbols_the_venue_left_out_of_its_ack_are_reported_and_asked_for_at_each_sync(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    """Alpaca drops a symbol it does not know from its ack, silently. It is reported
+    (``status.unconfirmed``: /subscriptions and /health) and asked for again at every sync, so
+    once the venue knows it (a new listing, a fixed typo upstream) it streams (was: logged once
+    and never retried)."""
+    feed = ScriptedQuoteFeed(clock, unknown_symbols={"MSFT"})
+    service = make_service(feed, cache, bus, clock, sync_interval_s=60.0)
+    with anyio.fail_after(1000):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service.run)
+            await feed.wait_until(lambda: feed.subscribed() == {"AAPL", "BRK.B"})
+            assert service.status.unconfirmed == {"MSFT"}
+            asked = (
+                sum(1 for _, r in feed.current.requests if "MSFT" in r.symbols())
+                if feed.current
+                else 0
+            )
+            await anyio.sleep(61)  # one sync later: asked again, still unknown
+            assert feed.current is not None
+            again = sum(1 for _, r in feed.current.requests if "MSFT" in r.symbols())
+            assert again == asked + 1
+            assert service.status.unconfirmed == {"MSFT"}
+            feed.unknown_symbols = frozenset()  # the venue knows it now
+            await feed.wait_until(lambda: feed.subscribed() == SYMBOLS)
+            assert service.status.confirmed == SYMBOLS
+            assert service.status.unconfirmed == frozenset()
+            tg.cancel_scope.cancel()

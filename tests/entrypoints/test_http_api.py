@@ -334,6 +334,7 @@ async def test_subscriptions(client: httpx.AsyncClient) -> None:
         "confirmed": ["AAPL", "MSFT"],
         "left_out": ["TSLA"],
         "rejected": [],
+        "unconfirmed": [],
         "last_sync_error": None,
         "unrouted": [],
         "streams": {},

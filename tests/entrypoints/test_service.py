@@ -123,6 +123,28 @@ async def test_a_quote_stamped_in_the_future_is_refused_counted_and_shown_in_hea
             tg.cancel_scope.cancel()
 
 
+async def test_symbols_the_venue_does_not_confirm_show_in_subscriptions_and_health() -> None:
+    settings = load_settings(EMBEDDED | {"MDS_SYMBOLS": "AAPL,NOPE"})
+    clock = SystemClock()
+    feed = ScriptedQuoteFeed(clock, unknown_symbols={"NOPE"})
+    container = Container(settings=settings)
+    with (
+        container.feed.override(providers.Object(feed)),
+        container.positions.override(providers.Object(StaticPositionSource(set()))),
+    ):
+        async with anyio.create_task_group() as tg:
+            running: Running = await tg.start(run, settings, container)
+            await wait_for(lambda: running.service.status.unconfirmed == {"NOPE"})
+            async with httpx.AsyncClient(base_url=running.http_urls[0]) as client:
+                subs = (await client.get("/subscriptions")).json()
+                assert subs["confirmed"] == ["AAPL"] and subs["unconfirmed"] == ["NOPE"]
+                health = (await client.get("/health")).json()
+                assert (
+                    "not confirmed by the venue" in health["detail"] and "NOPE" in health["detail"]
+                )
+            tg.cancel_scope.cancel()
+
+
 def spawn(env: dict[str, str]) -> subprocess.Popen[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith(("MDS_", "ALPACA_", "APCA_"))}
     full.pop("REDIS_URL", None)

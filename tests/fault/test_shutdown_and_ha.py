@@ -181,3 +181,70 @@ async def test_ha_one_leader_and_the_standby_takes_over_within_the_lease_ttl(
     assert peak[0] == 1
     assert server.stats.errors_sent[406] == 0
     assert auth_successes == 2  # the first leader's session, then the new leader's
+
+
+# --- a frozen leader (SIGSTOP) still holds the venue's single slot ---------------------------
+
+
+async def test_a_new_leader_streams_within_a_second_of_the_venue_freeing_a_frozen_leaders_slot(
+    tmp_path: Path, own_redis_server: RedisServer
+) -> None:
+    """The leader is frozen with SIGSTOP: its lease expires and the standby leads, but the venue
+    still counts the frozen process's connection, so the new leader's connect gets 406. The
+    venue frees the slot when it notices the dead connection (here: the server drops it once
+    the new leader has met a 406). The new leader, which has had no session yet, retries every
+    second (domain.backoff.SlotRetry), so prices resume within about a second of the slot being
+    freed (was: the 15 s floor after every 406)."""
+    config = ServerConfig(rate=500, batch=10, bar_interval_s=None, seed=31)
+    ha = {
+        "MDS_SYMBOLS": ",".join(SYMBOLS),
+        "MDS_HA": "true",
+        "MDS_HA_LEASE_TTL": str(LEASE_TTL_S),
+    }
+    async with (
+        alpaca_server(config) as server,
+        PriceReader(own_redis_server.url) as reader,
+        service_process(tmp_path, server, own_redis_server.url, **ha) as first,
+        service_process(tmp_path, server, own_redis_server.url, **ha) as second,
+    ):
+        services = [first, second]
+
+        async def one_leader_streaming() -> bool:
+            found = await roles(services)
+            if sorted(map(str, found)) != ["leader", "standby"]:
+                return False
+            return quotes_of_active_session(server) >= set(SYMBOLS)
+
+        await wait_for(one_leader_streaming, timeout_s=45, step_s=0.05)  # slow starts
+        found = await roles(services)
+        leader = services[found.index("leader")]
+        standby = services[found.index("standby")]
+        (frozen_id,) = [i for i, s in server.sessions.items() if s.authenticated]
+
+        async def fresh_since(ts_ns: int) -> bool:
+            stamps = await cached_timestamps(reader, SYMBOLS)
+            return all(ts > ts_ns for ts in stamps.values())
+
+        leader.proc.send_signal(signal.SIGSTOP)
+        try:
+            stopped_at = anyio.current_time()
+            with anyio.fail_after(LEASE_TTL_S + 10):
+                await server.wait_until(lambda: server.stats.errors_sent[406] >= 1)
+            first_406_after = anyio.current_time() - stopped_at
+            assert frozen_id in server.sessions  # the frozen leader still holds the slot
+            await server.sessions[frozen_id].abort("the venue reaps the frozen connection")
+            freed_at = anyio.current_time()
+            freed_ns = wall_ns()
+            await wait_for(lambda: fresh_since(freed_ns), timeout_s=20)
+            resumed_after_free = anyio.current_time() - freed_at
+            resumed_after_stop = anyio.current_time() - stopped_at
+            health = await standby.health()
+            assert health is not None and health["role"] == "leader"
+        finally:
+            leader.proc.send_signal(signal.SIGCONT)
+    print(
+        f"\nHA frozen leader (lease TTL {LEASE_TTL_S:g} s): first 406 {first_406_after:.2f} s "
+        f"after SIGSTOP; prices fresh {resumed_after_free:.2f} s after the venue freed the slot "
+        f"({resumed_after_stop:.2f} s after SIGSTOP; 406s: {server.stats.errors_sent[406]})"
+    )
+    assert resumed_after_free < 1.0 + 2.0  # the 1 s cadence plus connect, subscribe, write

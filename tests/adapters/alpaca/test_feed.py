@@ -173,6 +173,7 @@ async def test_406_connection_limit_is_retryable_with_a_minimum_delay() -> None:
                     pass
     assert caught.value.code == 406
     assert caught.value.min_delay >= 15.0
+    assert caught.value.slot_taken  # a new owner retries it fast (domain.backoff.SlotRetry)
     assert "connection limit" in str(caught.value)
     assert "another session" in str(caught.value)
 
