@@ -204,6 +204,16 @@ def test_help_documents_the_service() -> None:
     assert "embedded default" in out and "Exit codes" in out
 
 
+def _finish(proc: subprocess.Popen[str], timeout_s: float = 120) -> str:
+    """Its stderr once it exits; killed (never left running) when it does not in time."""
+    try:
+        return proc.communicate(timeout=timeout_s)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
@@ -216,7 +226,7 @@ def test_a_taken_http_port_is_one_line_naming_the_setting_and_exit_4() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         proc = spawn(EMBEDDED | {"MDS_HTTP_PORT": str(port)})
-        _out, err = proc.communicate(timeout=120)
+        err = _finish(proc)
     assert proc.returncode == 4, err
     assert "Traceback" not in err and "ExceptionGroup" not in err
     critical = [line for line in _lines(err) if '"CRITICAL"' in line]
@@ -230,7 +240,7 @@ def test_a_malformed_replay_file_is_fatal_naming_the_file_and_line(tmp_path: Pat
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"t": 1, "text": "[]"}\nnot a frame\n')
     proc = spawn(EMBEDDED | {"MDS_FEED": "replay", "MDS_REPLAY_FILE": str(bad)})
-    _out, err = proc.communicate(timeout=120)
+    err = _finish(proc)
     assert proc.returncode == 3, err
     assert "Traceback" not in err and "reconnecting" not in err
     assert f"{bad} line 2 is not a recorded frame" in err and "MDS_REPLAY_FILE" in err
