@@ -370,7 +370,7 @@ class StreamMidPrices:
     async def flush(self, timeout_s: float) -> int:
         """Write what is pending within ``timeout_s`` (shielded: used at shutdown).
 
-        Returns how many prices were left unwritten (counted as ``dropped``).
+        Returns how many prices were left unwritten: counted as ``dropped`` and discarded.
         """
         with anyio.CancelScope(shield=True), anyio.move_on_after(timeout_s):
             while self.pending:
@@ -378,6 +378,11 @@ class StreamMidPrices:
                     await anyio.sleep(self._retry_base_s)
         left = self.pending
         if left:
+            # Dropped means gone: kept pending, a later run of the writer (the next term of an
+            # HA leader) would write these stale prices first, into a store that may have lost
+            # the newer ones meanwhile (an empty restart): older published after newer.
+            self._queue, self._latest, self._conflating = [], {}, False
+            self._status.pending_writes = 0
             self._status.counters["dropped"] += left
             log.error("shutdown: %d prices could not be written before the deadline", left)
         return left

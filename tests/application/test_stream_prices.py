@@ -240,6 +240,32 @@ async def test_flush_counts_what_could_not_be_written_by_the_deadline(
     assert left == 1 and status.counters["dropped"] == 1
 
 
+async def test_prices_a_flush_dropped_are_never_written_later(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    """Found by the chaos soak (HA scene, seed 11: Redis killed and restarted empty under an
+    active/standby pair; SPY published 23 s older after newer). A leader whose lease ends
+    flushes; what the flush could not write is counted as dropped, but it stayed pending, so
+    the instance's next term as leader wrote those stale prices first: into a store that had
+    lost its data they were cached and published, older after newer. Dropped means gone."""
+    stream, status = make(cache, bus, clock)
+    cache.fail_writes = True
+    stream.handle([quote("A", 1.0, 1.2, T0), quote("B", 2.0, 2.2, T0)])
+    with anyio.fail_after(10):
+        assert await stream.flush(1.0) == 2
+    assert stream.pending == 0 and status.pending_writes == 0
+    cache.fail_writes = False
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:  # the next term as leader
+            await tg.start(stream.run)
+            stream.handle([quote("B", 2.1, 2.3, T0 + 5)])
+            await stream.wait_idle()
+            tg.cancel_scope.cancel()
+    assert [(p.symbol, p.ts_event_ns) for p in bus.published] == [("B", T0 + 5)]
+    assert set(cache.values) == {"B"}
+    assert status.counters["dropped"] == 2
+
+
 async def test_a_wholly_refused_run_of_writes_is_explained_once(
     cache: InMemoryPriceCache,
     bus: InMemoryEventBus,
