@@ -6,9 +6,11 @@ scheduling round, and the stream's reader takes one frame per round, so each bus
 lengthens the round the reader waits for: under a flood (~550 requests/s to ``/prices/AAPL``)
 the cached price's age went from ~4 ms to ~570 ms, and each request's thread hop to Redis added
 a worker thread competing for the GIL. Here at most ``max_concurrency`` requests run; up to
-four times as many wait for a slot (a waiting task is not runnable: it costs the loop nothing,
+16 times as many wait for a slot (a waiting task is not runnable: it costs the loop nothing,
 and it slows a closed-loop flood down to what the slots serve), for at most ``max_wait_s``;
-anything more is answered 503 at once.
+anything more is answered 503 at once. Measured (``mds bench --http-flood 32``): a quick 503
+for everything past the slots made it worse than waiting (the turned-away connections came
+straight back and kept the loop busy); waiting is what bounds the loop's share.
 
 Probes (``/health``, ``/ready``, ``/metrics``) have a small allowance of their own, so a flood
 of ``/prices`` never hides the service's health; the live stream (``/prices/stream``,
@@ -67,7 +69,7 @@ class _Pool:
 
 class ConcurrencyLimit:
     """ASGI middleware: ``max_concurrency`` requests at once (probes: :data:`PROBE_SLOTS` of
-    their own); up to ``4 * max_concurrency`` more wait up to ``max_wait_s`` for a slot, the
+    their own); up to ``16 * max_concurrency`` more wait up to ``max_wait_s`` for a slot, the
     rest are answered 503 at once; every 503 is counted in ``counters["http_rejected"]``."""
 
     def __init__(
@@ -83,8 +85,8 @@ class ConcurrencyLimit:
         self.app = app
         self.max_concurrency = max_concurrency
         self.counters: Counter[str] = counters if counters is not None else Counter()
-        self._main = _Pool(max_concurrency, 4 * max_concurrency, max_wait_s)
-        self._probes = _Pool(PROBE_SLOTS, 4 * PROBE_SLOTS, max_wait_s)
+        self._main = _Pool(max_concurrency, 16 * max_concurrency, max_wait_s)
+        self._probes = _Pool(PROBE_SLOTS, 16 * PROBE_SLOTS, max_wait_s)
         self._busy = orjson.dumps(
             {
                 "detail": f"busy: {max_concurrency} requests in flight "

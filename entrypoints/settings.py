@@ -420,7 +420,7 @@ class Settings(BaseSettings):
         validation_alias="MDS_HTTP_MAX_CONCURRENCY",
         description=(
             "Most HTTP requests served at once (`/health`, `/ready` and `/metrics` have 4 more "
-            "of their own; `/prices/stream` is not counted); four times as many wait up to 1 s "
+            "of their own; `/prices/stream` is not counted); 16 times as many wait up to 1 s "
             "for a slot, the rest get a quick 503 with `Retry-After: 1`: an HTTP flood cannot "
             "starve the price stream."
         ),

@@ -139,15 +139,16 @@ async def test_500_sync_requests_make_at_most_two_gateway_calls(tmp_path: Path) 
 
 
 async def test_an_http_flood_is_bounded_and_the_stream_keeps_up(tmp_path: Path) -> None:
-    """40 connections hammer /prices/AAPL for 3 s against MDS_HTTP_MAX_CONCURRENCY=2: the
-    excess is answered 503 (Retry-After) and counted in ``mds_http_rejected_total``, /health
+    """40 connections hammer /prices/AAPL for 3 s against MDS_HTTP_MAX_CONCURRENCY=1: one
+    runs, 16 wait, the excess is answered 503 (Retry-After) and counted in
+    ``mds_http_rejected_total``, /health
     answers all along (probes have slots of their own), and the cached price keeps moving.
     Before: no bound, every request ran at once on the stream's event loop (the cached
     price's age went from ~4 ms to ~570 ms at ~550 requests/s)."""
     config = ServerConfig(rate=1_000, batch=10, bar_interval_s=None, seed=47)
     async with (
         alpaca_server(config) as server,
-        service_process(tmp_path, server, None, MDS_HTTP_MAX_CONCURRENCY="2") as service,
+        service_process(tmp_path, server, None, MDS_HTTP_MAX_CONCURRENCY="1") as service,
     ):
         await service.wait_health(lambda h: h["status"] == "healthy")
         port = int(service.http.rsplit(":", 1)[1])
@@ -164,7 +165,7 @@ async def test_an_http_flood_is_bounded_and_the_stream_keeps_up(tmp_path: Path) 
             for _ in range(5):
                 health_codes.append((await service.get("/health")).status_code)
         metrics = await service.metrics()
-    print(f"\nHTTP flood, 40 connections, limit 2: {summary}")
+    print(f"\nHTTP flood, 40 connections, limit 1: {summary}")
     by_status = summary["by_status"]
     assert isinstance(by_status, dict)
     assert by_status.get("503", 0) > 0 and by_status.get("200", 0) > 0
