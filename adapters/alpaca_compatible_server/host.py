@@ -45,6 +45,12 @@ class ServerStats:
     slow_client_disconnects: int = 0
     client_close_codes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
     """Close codes sent by clients (1006: the client dropped TCP without a close frame)."""
+    accept_times: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    """``trio.current_time()`` of each accepted connection, stamped on accepting (a test reading
+    the counter later would stamp it late; these are never earlier than the client's connect)."""
+    error_times: dict[int, deque[float]] = field(default_factory=dict)
+    """By code, ``trio.current_time()`` of each error message, stamped before it is sent (so
+    never later than the client's receipt: gaps measured from here are never too long)."""
 
 
 class SessionHost(Protocol):

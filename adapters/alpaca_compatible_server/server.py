@@ -199,6 +199,7 @@ class AlpacaCompatibleServer:
 
     async def _handle_stream(self, stream: trio.SocketStream) -> None:
         self.stats.connections_accepted += 1
+        self.stats.accept_times.append(trio.current_time())
         self.notify()
         scope = trio.CancelScope(shield=True)  # see run(): shutdown goes through _stop_connections
         self._connections[scope] = None

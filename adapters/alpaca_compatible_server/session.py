@@ -18,6 +18,7 @@ import random
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -222,7 +223,9 @@ class Session:
         self._server.stats.control_frames_sent += 1
 
     async def _send_error(self, code: int) -> None:
-        self._server.stats.errors_sent[code] += 1
+        stats = self._server.stats
+        stats.errors_sent[code] += 1
+        stats.error_times.setdefault(code, deque(maxlen=1000)).append(trio.current_time())
         await self._send_control({"T": "error", "code": code, "msg": _ERROR_TEXT[code]})
 
     async def _on_message(self, raw: str | bytes) -> None:
