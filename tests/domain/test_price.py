@@ -45,6 +45,11 @@ decimals = st.builds(
 
 @given(decimals, decimals)
 @example(Decimal("0.1"), Decimal("86922784.9"))  # found by hypothesis: was one unit high
+@example(Decimal("89999999.99999999"), Decimal("89999999.99999999"))  # top of the fast path
+@example(Decimal("90000000"), Decimal("90000000.01"))  # past it: the Decimal path
+@example(Decimal("0.00000001"), Decimal("0.00000003"))  # the smallest 1e-8 units
+@example(Decimal("0.000000001"), Decimal("0.000000002"))  # 9 decimals: the Decimal path
+@example(Decimal("150.25"), Decimal("150.27"))  # the README's example
 def test_mid_equals_decimal_arithmetic_for_any_quoted_prices(a: Decimal, b: Decimal) -> None:
     bid, ask = float(a), float(b)
     exact = (Decimal(repr(bid)) + Decimal(repr(ask))) / 2
@@ -136,6 +141,10 @@ def price_json() -> bytes:
 
 
 @given(st.integers(min_value=0, max_value=4_102_444_800 * 10**9))
+@example(0)  # the epoch
+@example(999_999_999)  # the last nanosecond of a second
+@example(1_614_009_105_000_000_000)  # a whole second (fraction all zeros)
+@example(4_102_444_800 * 10**9)  # 2100-01-01, the top of the range
 def test_timestamps_round_trip_and_sort_as_text(ns: int) -> None:
     text = format_ns(ns)
     assert parse_rfc3339_ns(text) == ns

@@ -145,6 +145,9 @@ def test_backoff_sequence() -> None:
     st.floats(0.1, 10),
     st.floats(10, 1000),
 )
+@example(1, 0.0, 0.1, 10.0)  # the first attempt, jitter drawing 0: a delay of 0
+@example(10_000, 0.999999, 10.0, 10.0)  # huge attempt (no overflow); base == cap
+@example(6, 0.5, 0.1, 1000.0)  # well below the cap
 def test_backoff_bounds(attempt: int, r: float, base: float, cap: float) -> None:
     policy = BackoffPolicy(base_s=base, cap_s=cap, jitter=True)
     delay = policy.next_delay(attempt, lambda: r)

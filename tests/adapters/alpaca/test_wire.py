@@ -9,7 +9,7 @@ from typing import Any
 import msgpack
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from adapters.alpaca.wire import (
@@ -328,6 +328,11 @@ def _rfc3339(ns: int, digits: int) -> str:
     ask_size=st.integers(0, 10**6), ns=_ns, digits=st.integers(0, 9),
     conditions=st.lists(st.sampled_from(["R", "Y", " ", "@"]), max_size=3),
 )  # fmt: skip
+@example(symbol="A", bid=0.0, ask=0.0, bid_size=0, ask_size=0, ns=0, digits=0, conditions=[])
+@example(symbol="BRK.B", bid=100_000.0, ask=0.0001, bid_size=10**6, ask_size=1,
+         ns=4_102_444_800 * 10**9 - 1, digits=9, conditions=["R", "Y", "@"])  # fmt: skip
+@example(symbol="AAPL", bid=150.25, ask=150.27, bid_size=1, ask_size=1,
+         ns=1_721_807_813_639_713_735, digits=6, conditions=[" "])  # fmt: skip
 def test_quotes_decode_identically_from_json_and_msgpack(
     symbol: str, bid: float, ask: float, bid_size: int, ask_size: int, ns: int, digits: int,
     conditions: list[str],
@@ -366,6 +371,10 @@ _json_values = st.recursive(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_json_values, max_size=5), st.booleans())
+@example([], False)  # an empty frame
+@example([None], True)  # a message that is not an object
+@example([{"T": "q"}], True)  # a quote without fields
+@example([{"T": "q", "S": "A", "bp": True, "ap": 1.0, "t": 0}], False)  # a bool as a price
 def test_decoding_arbitrary_structures_never_raises(messages: list[Any], as_msgpack: bool) -> None:
     stats = FeedStats()
     data: str | bytes = msgpack.packb(messages) if as_msgpack else orjson.dumps(messages).decode()
@@ -381,6 +390,11 @@ def test_decoding_arbitrary_structures_never_raises(messages: list[Any], as_msgp
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=64))
+@example(b"")  # empty frame
+@example(b"[")  # truncated JSON
+@example(b"\x91")  # truncated msgpack array
+@example(b"\x91\x81\xa1T\xa1q")  # a quote with no fields (alpaca-trade-api-go's test frame)
+@example(b"\xc1")  # the one byte msgpack never uses
 def test_decoding_arbitrary_bytes_never_raises(data: bytes) -> None:
     stats = FeedStats()
     decode_frame(data, R, stats)
