@@ -119,11 +119,13 @@ class Price(NamedTuple):
         needed beside the JSON for the server-side order check; formatting once saves work).
         """
         ts = format_ns(self.ts_event_ns) if timestamp is None else timestamp
+        ex, bx, ax = self.exchange, self.bid_exchange, self.ask_exchange
+        if not (ex.isidentifier() and bx.isidentifier() and ax.isidentifier()):
+            ex, bx, ax = _text(ex), _text(bx), _text(ax)  # rare: escape what needs it
         return (
             f'{{"symbol":"{self.symbol}","bid":{self.bid!r},"ask":{self.ask!r},'
-            f'"mid":{self.mid!r},"timestamp":"{ts}","exchange":"{_text(self.exchange)}",'
-            f'"bid_exchange":"{_text(self.bid_exchange)}",'
-            f'"ask_exchange":"{_text(self.ask_exchange)}"}}'
+            f'"mid":{self.mid!r},"timestamp":"{ts}","exchange":"{ex}",'
+            f'"bid_exchange":"{bx}","ask_exchange":"{ax}"}}'
         ).encode()
 
     @classmethod
