@@ -14,8 +14,9 @@ from adapters.alpaca.feed import CONNECTION_LIMIT_MIN_DELAY_S
 from adapters.alpaca_compatible_server.config import Faults, ServerConfig
 from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
 from adapters.redis.reader import PriceReader
+from tests.adapters.alpaca.hostile_peer import PeerConnection, hostile_peer
 from tests.conditions import wait_for
-from tests.e2e.service_process import KEY, SECRET, ServiceProcess, metric_total
+from tests.e2e.service_process import KEY, SECRET, ServiceProcess, metric_total, start_service
 from tests.fault.helpers import (
     NewestPrices,
     alpaca_server,
@@ -321,3 +322,29 @@ async def test_malformed_frames_are_counted_and_every_good_quote_is_priced(
     assert metrics["mds_reconnects_total"] == 0
     assert server.stats.connections_accepted == 1
     assert health is not None and health["status"] == "healthy"
+
+
+# --- an endpoint that accepts TCP and never answers the upgrade --------------------------------
+
+
+async def test_an_endpoint_that_never_answers_the_upgrade_is_retried_and_sigterm_still_exits(
+    tmp_path: Path,
+) -> None:
+    """A stuck proxy or load balancer: TCP accepted, the HTTP upgrade never answered. The
+    service gives up each attempt at the 10 s connect timeout and reconnects with backoff
+    (was: hung for ever on the first attempt, 0 reconnects), stays up, says it is not
+    connected, and SIGTERM during a hung attempt still exits 0 promptly."""
+    async with hostile_peer(PeerConnection.silent) as peer:
+        service = start_service(tmp_path, peer.url(), None)
+        try:
+            await wait_for(lambda: len(peer.connections) >= 3, timeout_s=45, step_s=0.1)
+            health = await service.health()
+            assert health is not None and health["websocket_connected"] is False
+            assert metric_total(await service.metrics(), "mds_reconnects_total") >= 2
+            # The earlier attempts' sockets were released, not left open.
+            assert all(c.eof_at is not None for c in peer.connections[:2])
+            took = await anyio.to_thread.run_sync(service.terminate)
+            assert service.proc.returncode == 0
+            assert took < 2.0 + 1.0  # the 2 s bound, plus process scheduling on a busy machine
+        finally:
+            service.kill()
