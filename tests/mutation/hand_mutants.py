@@ -37,6 +37,7 @@ CLUSTER = "tests/adapters/redis/test_cluster.py"
 FEED_TESTS = "tests/adapters/alpaca/test_feed.py"
 GUARANTEES = "tests/application/test_stream_prices_guarantees.py"
 RULES = "tests/domain/test_rules.py"
+HEALTH = "tests/entrypoints/test_health_real_view.py"
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,21 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("plan-capacity-0-unlimited", PLAN, "keep = ranked if capacity is None else ranked[:capacity]",
            "keep = ranked if not capacity else ranked[:capacity]", (RULES,),
            "capacity 0 read as unlimited"),
+    Mutant("health-failed-ignored", "application/status.py",
+           "        if self.connection.failed or self.fatal_error is not None:\n            return Health.FAILED",
+           "        if False:\n            return Health.FAILED", (HEALTH,), "a fatal error no longer reads FAILED"),
+    Mutant("health-standby-degraded", "application/status.py",
+           "            return Health.HEALTHY if ok else Health.DEGRADED\n        if not self.connected",
+           "            return Health.DEGRADED\n        if not self.connected", (HEALTH,),
+           "a healthy standby reads degraded"),
+    Mutant("health-store-down-healthy", "application/status.py",
+           "if not self.connected or self.store is not StoreState.OK or self.features.failing:",
+           "if not self.connected or self.features.failing:", (HEALTH,),
+           "a leader with the store down reads healthy"),
+    Mutant("ready-on-standby", "entrypoints/view.py",
+           "ready = status.role is Role.LEADER and service.streaming()",
+           "ready = status.role is Role.STANDBY or service.streaming()", (HEALTH,),
+           "a standby reports ready"),
     Mutant("memory-cache-equal-refused", MEMORY_CACHE,
            "if current is not None and price.ts_event_ns < current.ts_event_ns <= limit:",
            "if current is not None and price.ts_event_ns <= current.ts_event_ns <= limit:",
