@@ -1,23 +1,28 @@
 """PriceFanOut: price updates for many live clients (the HTTP API's Server-Sent Events).
 
 One bus subscription serves every client, and only while there are clients: an instance with no
-browser attached pays nothing. Each client holds a **latest-per-symbol slot**, never a queue: a
-client that reads slower than prices change gets the newest price of each symbol (the ones it
-skipped are counted as ``conflated``), so its memory is bounded by the number of symbols it asked
-for, however slow it is. Per client and symbol, a price older than one already handed over is
-never handed over (initial image and live updates race; the newer one wins).
+browser attached pays nothing. The fan-out keeps **one table of the latest price per symbol**
+(each encoded once, whatever the number of clients) in update order; a client does not receive
+prices one by one, it asks "what changed since I last looked?" and gets each changed symbol's
+latest price once. So the cost of a price update does not grow with the number of clients, a
+client that reads slower than prices change gets the newest price of each symbol (the updates it
+skipped are counted as ``conflated``), and a client's memory is bounded by the symbols it asked
+for, however slow it is. An older price never follows a newer one of the same symbol.
+
+A client's first look gives it the current price of each of its symbols (its initial image):
+what the table holds, completed from the cache for symbols the table does not have yet.
 
 Failure stays here: when the bus cannot be subscribed (Redis down), the fan-out retries with a
 capped backoff and its clients keep their connection (they get the prices again once it is back);
 nothing of this reaches the price stream.
 
-Anyio only, on ports only (``EventBus``, ``PriceCache``, ``Clock``).
+Anyio only, on ports only (``EventBus``, ``PriceCache``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -42,115 +47,114 @@ class FanOutStats:
     clients: int = 0
     connected_total: int = 0
     refused_total: int = 0  # over max_clients
-    dropped_total: int = 0  # stopped reading (send deadline missed)
-    sent_total: int = 0
-    conflated_total: int = 0
+    dropped_total: int = 0  # stopped reading (their writes blocked past the deadline)
+    sent_total: int = 0  # prices handed to clients
+    conflated_total: int = 0  # updates a client skipped because a newer one replaced them
     bus_errors_total: int = 0
+    symbols_over_cap: int = 0  # updates of symbols beyond max_symbols, not kept
+    future_refused: int = 0  # stamped beyond the allowed clock skew, not kept
+
+
+@dataclass(slots=True)
+class _Entry:
+    price: Price
+    payload: bytes
+    seq: int  # the fan-out's update number when this price arrived
+    updates: int  # how many prices of this symbol the table has taken
 
 
 @dataclass(eq=False, slots=True)
 class FanOutClient:
-    """One client's view: ``symbols`` (``None``: every symbol) and its latest-per-symbol slot."""
+    """One client: ``symbols`` (``None``: every symbol) and where it is in the update order."""
 
+    hub: PriceFanOut
     symbols: frozenset[str] | None
-    max_symbols: int
-    stats: FanOutStats
-    pending: dict[str, Price] = field(default_factory=dict)
-    handed: dict[str, Price] = field(default_factory=dict)  # symbol -> the last price taken
-    ready: anyio.Event = field(default_factory=anyio.Event)
+    seen_seq: int = 0
+    seen_updates: dict[str, int] = field(default_factory=dict)  # symbol -> updates at last take
     conflated: int = 0
 
-    def offer(self, price: Price) -> None:
-        """Keep ``price`` as the latest of its symbol (never waits; older ones are ignored)."""
-        symbol = price.symbol
-        if self.symbols is not None and symbol not in self.symbols:
-            return
-        last = self.handed.get(symbol)
-        if last is not None and (price.ts_event_ns < last.ts_event_ns or price == last):
-            return  # older than what the client has, or the same (an image read again)
-        held = self.pending.get(symbol)
-        if held is not None:
-            if price.ts_event_ns < held.ts_event_ns:
-                return
-            self.conflated += 1
-            self.stats.conflated_total += 1
-        elif len(self.pending) >= self.max_symbols and symbol not in self.handed:
-            return  # an "everything" client: bounded by max_symbols distinct symbols
-        self.pending[symbol] = price
-        self.ready.set()
+    def take(self) -> list[tuple[Price, bytes]]:
+        """The latest price of each of this client's symbols that changed since the last take
+        (all of them the first time), oldest first."""
+        return self.hub._take(self)
 
-    def take(self) -> list[Price]:
-        """Everything pending, oldest first; the slot is empty afterwards."""
-        taken = sorted(self.pending.values(), key=lambda p: p.ts_event_ns)
-        self.pending = {}
-        self.ready = anyio.Event()
-        for price in taken:
-            self.handed[price.symbol] = price
-        self.stats.sent_total += len(taken)
+    async def wait(self, timeout_s: float) -> list[tuple[Price, bytes]]:
+        """:meth:`take`, waiting up to ``timeout_s`` for a change of one of its symbols first;
+        ``[]`` if none came. Only an update of its own symbols wakes it."""
+        taken = self.take()
+        with anyio.move_on_after(timeout_s):
+            while not taken:
+                await self.hub._wait_for_change(self)
+                taken = self.take()
         return taken
-
-    async def wait(self, timeout_s: float) -> list[Price]:
-        """The pending prices as soon as there are some; ``[]`` after ``timeout_s`` without."""
-        if not self.pending:
-            with anyio.move_on_after(timeout_s):
-                await self.ready.wait()
-        return self.take() if self.pending else []
 
 
 class PriceFanOut:
+    """``encode`` turns a price into what clients are sent (for SSE, the whole event); it runs
+    once per price, whatever the number of clients."""
+
     def __init__(
         self,
         bus: EventBus,
         cache: PriceCache,
         *,
+        encode: Callable[[Price], bytes],
         max_clients: int = 100,
-        max_symbols_per_client: int = 10_000,
+        max_symbols: int = 10_000,
         retry_base_s: float = 0.5,
         retry_cap_s: float = 5.0,
         all_symbols: Callable[[], Collection[str]] = frozenset,
         clock: Clock | None = None,
         max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
     ) -> None:
-        """With ``clock``, an initial image stamped more than ``max_future_skew_s`` ahead of
-        it is not offered: it would hold back every real update of its symbol."""
+        """With ``clock``, a price stamped more than ``max_future_skew_s`` ahead of it (from the
+        cache or the bus) is not taken: it would hold back every real update of its symbol."""
         self._bus = bus
         self._clock = clock
         self._max_future_skew_ns = skew_ns(max_future_skew_s)
-        self._all_symbols = all_symbols
         self._cache = cache
+        self._encode = encode
         self._max_clients = max_clients
-        self._max_symbols = max_symbols_per_client
+        self._max_symbols = max_symbols
         self._retry_base_s = retry_base_s
         self._retry_cap_s = retry_cap_s
+        self._all_symbols = all_symbols
         self._clients: set[FanOutClient] = set()
-        self._changed = anyio.Event()
+        self._latest: dict[str, _Entry] = {}  # in update order: the newest last
+        self._seq = 0
+        # Clients waiting for a change, woken only by their symbols' updates.
+        self._waiting_all: dict[FanOutClient, anyio.Event] = {}
+        self._waiting: dict[str, dict[FanOutClient, anyio.Event]] = {}
+        self._wishes = anyio.Event()  # the clients' symbols changed
         self.stats = FanOutStats()
 
     @property
     def clients(self) -> int:
         return len(self._clients)
 
+    # -- clients ----------------------------------------------------------------------------
+
     @asynccontextmanager
     async def connect(self, symbols: Collection[str] | None) -> AsyncIterator[FanOutClient]:
-        """A client for ``symbols`` (``None``: all), holding the cached prices of those symbols
-        (its initial image) and every update from then on. Raises :class:`TooManyClients`."""
+        """A client for ``symbols`` (``None``: all). Raises :class:`TooManyClients`."""
         if len(self._clients) >= self._max_clients:
             self.stats.refused_total += 1
             raise TooManyClients(
                 f"{len(self._clients)} clients already (at most {self._max_clients})"
             )
-        wanted = frozenset(symbols) if symbols is not None else None
-        client = FanOutClient(wanted, self._max_symbols, self.stats)
+        client = FanOutClient(self, frozenset(symbols) if symbols is not None else None)
         self._clients.add(client)
         self.stats.connected_total += 1
         self.stats.clients = len(self._clients)
-        self._changed.set()
+        self._wishes.set()
         try:
             yield client
         finally:
             self._clients.discard(client)
             self.stats.clients = len(self._clients)
-            self._changed.set()
+            if not self._clients:
+                self._latest.clear()  # nobody to serve: the table would only go stale
+            self._wishes.set()
 
     def symbols_of(self, client: FanOutClient) -> Collection[str]:
         """The symbols ``client`` follows now (for "everything": those subscribed now)."""
@@ -160,10 +164,11 @@ class PriceFanOut:
         """Count a client the server gave up on (it stopped reading)."""
         self.stats.dropped_total += 1
 
-    async def image(self, client: FanOutClient, symbols: Iterable[str]) -> None:
-        """Offer ``client`` the cached price of each of ``symbols`` (its initial image); a cache
-        that cannot be read gives no image (the updates still come)."""
-        wanted = list(dict.fromkeys(symbols))
+    async def image(self, symbols: Iterable[str], *, refresh: bool = False) -> None:
+        """Complete the table from the cache for ``symbols`` it does not hold (a client's
+        initial image; ``refresh``: read them all, a newer cached price replaces the table's).
+        A cache that cannot be read gives no image (the updates still come)."""
+        wanted = [s for s in dict.fromkeys(symbols) if refresh or s not in self._latest]
         if not wanted:
             return
         try:
@@ -171,13 +176,89 @@ class PriceFanOut:
         except (ConnectionError, OSError) as e:
             log.warning("price fan-out: no initial image (cache unavailable: %s)", e)
             return
-        limit = None
-        if self._clock is not None:
-            limit = future_limit_ns(self._clock.now_ns(), self._max_future_skew_ns)
         for symbol in wanted:
             price = found.get(symbol)
-            if price is not None and (limit is None or price.ts_event_ns <= limit):
-                client.offer(price)
+            if price is not None:
+                self.update(price)
+
+    def update(self, price: Price) -> None:
+        """Take ``price`` as its symbol's latest unless the table holds a newer one (or it is
+        stamped in the future)."""
+        if self._clock is not None and price.ts_event_ns > future_limit_ns(
+            self._clock.now_ns(), self._max_future_skew_ns
+        ):
+            self.stats.future_refused += 1
+            return
+        symbol = price.symbol
+        entry = self._latest.pop(symbol, None)
+        if entry is not None:
+            if price.ts_event_ns < entry.price.ts_event_ns or price == entry.price:
+                self._latest[symbol] = entry  # keep the newer one (and its place)
+                return
+            updates = entry.updates + 1
+        elif len(self._latest) >= self._max_symbols:
+            self.stats.symbols_over_cap += 1
+            return
+        else:
+            updates = 1
+        self._seq += 1
+        self._latest[symbol] = _Entry(price, self._encode(price), self._seq, updates)
+        if self._waiting_all:
+            for event in self._waiting_all.values():
+                event.set()
+            self._waiting_all.clear()
+        waiting = self._waiting.pop(symbol, None)
+        if waiting:
+            for event in waiting.values():
+                event.set()
+
+    async def _wait_for_change(self, client: FanOutClient) -> None:
+        event = anyio.Event()
+        symbols = client.symbols
+        if symbols is None:
+            self._waiting_all[client] = event
+        else:
+            for symbol in symbols:
+                self._waiting.setdefault(symbol, {})[client] = event
+        try:
+            await event.wait()
+        finally:
+            if symbols is None:
+                self._waiting_all.pop(client, None)
+            else:
+                for symbol in symbols:
+                    waiting = self._waiting.get(symbol)
+                    if waiting is not None:
+                        waiting.pop(client, None)
+                        if not waiting:
+                            del self._waiting[symbol]
+
+    def _take(self, client: FanOutClient) -> list[tuple[Price, bytes]]:
+        if self._seq == client.seen_seq:
+            return []
+        wanted = client.symbols
+        seen = client.seen_updates
+        taken: list[tuple[Price, bytes]] = []
+        conflated = 0
+        for entry in reversed(self._latest.values()):  # newest first, stop at what it saw
+            if entry.seq <= client.seen_seq:
+                break
+            symbol = entry.price.symbol
+            if wanted is not None and symbol not in wanted:
+                continue
+            before = seen.get(symbol)
+            if before is not None:
+                conflated += max(0, entry.updates - before - 1)
+            seen[symbol] = entry.updates
+            taken.append((entry.price, entry.payload))
+        client.seen_seq = self._seq
+        taken.reverse()
+        client.conflated += conflated
+        self.stats.conflated_total += conflated
+        self.stats.sent_total += len(taken)
+        return taken
+
+    # -- the bus ----------------------------------------------------------------------------
 
     def _want(self) -> tuple[frozenset[str], bool]:
         every = any(c.symbols is None for c in self._clients)
@@ -188,11 +269,6 @@ class PriceFanOut:
                 named |= c.symbols
         return frozenset(named), every
 
-    def _deliver(self, prices: Sequence[Price]) -> None:
-        for client in tuple(self._clients):
-            for price in prices:
-                client.offer(price)
-
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -202,10 +278,10 @@ class PriceFanOut:
         failures = 0
         while True:
             while not self._clients:
-                self._changed = anyio.Event()
-                await self._changed.wait()
+                self._wishes = anyio.Event()
+                await self._wishes.wait()
             named, every = self._want()
-            self._changed = anyio.Event()
+            self._wishes = anyio.Event()
             try:
                 await self._follow(named, every)
                 failures = 0
@@ -226,16 +302,16 @@ class PriceFanOut:
 
             async def until_changed() -> None:
                 while True:
-                    await self._changed.wait()
-                    if self._want() != (named, every):
+                    await self._wishes.wait()
+                    if self._want() != (named, every) or not self._clients:
                         tg.cancel_scope.cancel()
                         return
-                    self._changed = anyio.Event()
+                    self._wishes = anyio.Event()
 
             tg.start_soon(until_changed)
-            # Subscribed: anything published from now on arrives. Hand every client what the
-            # cache holds, so an update published while re-subscribing is not missed.
-            for client in tuple(self._clients):
-                await self.image(client, self.symbols_of(client))
+            # Subscribed: anything published from now on arrives. Complete the table from the
+            # cache, so an update published while (re)subscribing is not missed.
+            wanted = set(named if not every else self._all_symbols()) | set(self._latest)
+            await self.image(wanted, refresh=True)
             async for price in prices:
-                self._deliver((price,))
+                self.update(price)

@@ -143,6 +143,7 @@ class HttpOptions:
     cors_origins: tuple[str, ...] = ()
     sse_heartbeat_s: float = 15.0
     sse_send_timeout_s: float = 10.0
+    sse_min_interval_s: float = 0.1  # at most 10 writes a second per stream client
 
 
 class Unavailable(Exception):
@@ -392,6 +393,7 @@ def create_app(
                 symbols,
                 heartbeat_s=opts.sse_heartbeat_s,
                 send_timeout_s=opts.sse_send_timeout_s,
+                min_interval_s=opts.sse_min_interval_s,
             )
 
     @app.get("/prices/{symbol:path}", summary="Price of one symbol")

@@ -21,7 +21,7 @@ at most ``max_clients`` at once, then 503.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 import anyio
@@ -45,11 +45,10 @@ _HEADERS: Final = [
 ]
 
 
-def encode_events(prices: Sequence[Price]) -> bytes:
-    """One chunk holding an SSE event per price (``id`` = symbol, ``data`` = price JSON)."""
-    return b"".join(
-        b"id: " + p.symbol.encode() + b"\ndata: " + p.to_json() + b"\n\n" for p in prices
-    )
+def encode_event(price: Price) -> bytes:
+    """One SSE event: ``id`` = symbol, ``data`` = the price JSON (made once per price by the
+    fan-out, whatever the number of clients)."""
+    return b"id: " + price.symbol.encode() + b"\ndata: " + price.to_json() + b"\n\n"
 
 
 class EventStreamResponse(Response):
@@ -64,12 +63,14 @@ class EventStreamResponse(Response):
         *,
         heartbeat_s: float,
         send_timeout_s: float,
+        min_interval_s: float = 0.0,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self._fanout = fanout
         self._symbols = symbols
         self._heartbeat_s = heartbeat_s
         self._send_timeout_s = send_timeout_s
+        self._min_interval_s = min_interval_s
         self._sse_headers = _HEADERS + (extra_headers or [])
         self.background = None
 
@@ -129,10 +130,14 @@ class EventStreamResponse(Response):
                         {"type": "http.response.start", "status": 200, "headers": self._sse_headers}
                     )
                 await write(f"retry: {RETRY_MS}\n\n".encode())
-                await self._fanout.image(client, self._fanout.symbols_of(client))
+                await self._fanout.image(self._fanout.symbols_of(client))
                 while True:
                     prices = await client.wait(self._heartbeat_s)
-                    await write(encode_events(prices) if prices else b": keep-alive\n\n")
+                    await write(b"".join(e for _, e in prices) if prices else b": keep-alive\n\n")
+                    if self._min_interval_s:
+                        # let updates gather in the slot: a bound on this client's share of the
+                        # loop, whatever the quote rate
+                        await anyio.sleep(self._min_interval_s)
             except TimeoutError:
                 drop()
             tg.cancel_scope.cancel()

@@ -149,6 +149,7 @@ async def run(
     feed cannot go on. ``started`` hands over the running service and the API's URLs."""
     from application.price_fanout import PriceFanOut
     from entrypoints.http_api import HttpOptions, create_app, serve_http
+    from entrypoints.http_sse import encode_event
     from entrypoints.metrics import ServiceMetrics
     from entrypoints.runtime import cancel_on_signals
     from entrypoints.view import ServiceViewAdapter
@@ -177,6 +178,7 @@ async def run(
             all_symbols=lambda: status.confirmed or status.desired,
             clock=service.clock,
             max_future_skew_s=settings.max_future_skew_s,
+            encode=encode_event,
         )
         token = settings.http_token.get_secret_value() if settings.http_token else None
         options = HttpOptions(

@@ -292,6 +292,7 @@ def service_env(url: str, target: Target, redis_port: int, http_port: int) -> di
         MDS_SYMBOLS=",".join(symbol_names(target.symbols)),
         REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         MDS_HTTP_PORT=str(http_port),
+        MDS_SSE_MAX_CLIENTS="5000",  # python -m entrypoints.bench.sse connects up to thousands
         MDS_LOG_LEVEL="WARNING",
         MDS_LOG_FORMAT="json",
         PYTHONUNBUFFERED="1",

@@ -1,6 +1,7 @@
-"""PriceFanOut (behind GET /prices/stream): one bus subscription only while clients exist,
-an initial image, latest-per-symbol slots that bound a slow client, newer-wins per client, and a
-bus outage that stays inside the fan-out. Virtual time, in-memory adapters."""
+"""PriceFanOut (behind GET /prices/stream): one bus subscription only while clients exist, an
+initial image, one latest-per-symbol table whatever the number of clients (a slow client skips
+to the newest, counted), newer-wins, and a bus outage that stays inside the fan-out. Virtual
+time, in-memory adapters."""
 
 from __future__ import annotations
 
@@ -18,10 +19,18 @@ def price(symbol: str, bid: float, ask: float, ts: int = T0) -> Price:
     return Price(symbol, bid, ask, exact_mid(bid, ask), ts, "V")
 
 
+def prices(taken: list[tuple[Price, bytes]]) -> list[Price]:
+    return [p for p, _ in taken]
+
+
+def fanout_of(bus: InMemoryEventBus, cache: InMemoryPriceCache, **kw: int) -> PriceFanOut:
+    return PriceFanOut(bus, cache, encode=Price.to_json, **kw)  # type: ignore[arg-type]
+
+
 async def test_no_bus_subscription_without_clients(
     bus: InMemoryEventBus, cache: InMemoryPriceCache
 ) -> None:
-    fanout = PriceFanOut(bus, cache)
+    fanout = fanout_of(bus, cache)
     async with anyio.create_task_group() as tg:
         await tg.start(fanout.run)
         await anyio.sleep(5)
@@ -36,65 +45,90 @@ async def test_initial_image_then_updates_in_order(
     bus: InMemoryEventBus, cache: InMemoryPriceCache
 ) -> None:
     await cache.put_many([price("AAPL", 100, 101), price("MSFT", 200, 202)])
-    fanout = PriceFanOut(bus, cache)
+    fanout = fanout_of(bus, cache)
     async with anyio.create_task_group() as tg:
         await tg.start(fanout.run)
         async with fanout.connect(["AAPL", "MSFT", "SPY"]) as client:
-            await fanout.image(client, fanout.symbols_of(client))
-            image = await client.wait(1)
+            await fanout.image(fanout.symbols_of(client))
+            image = prices(await client.wait(1))
             assert {p.symbol: p.mid for p in image} == {"AAPL": 100.5, "MSFT": 201.0}
             await eventually(lambda: len(bus._subscribers) == 1)
             await bus.publish_many([price("SPY", 500, 500.02, T0 + 1)])
             await bus.publish_many([price("NVDA", 1, 2, T0 + 2)])  # not asked for
-            assert [(p.symbol, p.mid) for p in await client.wait(1)] == [("SPY", 500.01)]
+            await bus.publish_many([price("AAPL", 101, 102, T0 + 3)])
+            got: list[Price] = []
+            while len(got) < 2:  # the fan-out takes them off the bus as they come
+                got += prices(await client.wait(1))
+            assert [(p.symbol, p.mid) for p in got] == [("SPY", 500.01), ("AAPL", 101.5)]
+            assert await client.wait(1) == []  # nothing new
         tg.cancel_scope.cancel()
+
+
+async def test_payloads_are_encoded_once_whatever_the_number_of_clients(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    encoded: list[str] = []
+
+    def encode(p: Price) -> bytes:
+        encoded.append(p.symbol)
+        return p.to_json()
+
+    fanout = PriceFanOut(bus, cache, encode=encode)
+    async with fanout.connect(None) as a, fanout.connect(None) as b, fanout.connect(["X"]) as c:
+        fanout.update(price("X", 1, 2))
+        assert prices(a.take()) == prices(b.take()) == prices(c.take()) == [price("X", 1, 2)]
+        assert encoded == ["X"]
 
 
 async def test_a_slow_client_gets_the_latest_price_per_symbol_counted(
     bus: InMemoryEventBus, cache: InMemoryPriceCache
 ) -> None:
-    fanout = PriceFanOut(bus, cache)
-    async with anyio.create_task_group() as tg:
-        await tg.start(fanout.run)
-        async with fanout.connect(None) as client:
-            await eventually(lambda: len(bus._subscribers) == 1)
-            for i in range(1, 1001):  # the client reads nothing meanwhile
-                await bus.publish_many([price("AAPL", 100 + i, 101 + i, T0 + i)])
-            await eventually(lambda: client.pending.get("AAPL", price("AAPL", 0, 1)).bid == 1100)
-            assert len(client.pending) == 1  # a slot, not a queue
-            taken = await client.wait(1)
-            assert [(p.symbol, p.bid) for p in taken] == [("AAPL", 1100)]
-            assert client.conflated == 999
-            assert fanout.stats.conflated_total == 999
-        tg.cancel_scope.cancel()
+    fanout = fanout_of(bus, cache)
+    async with fanout.connect(None) as slow, fanout.connect(["AAPL"]) as fast:
+        fanout.update(price("AAPL", 100, 101, T0))
+        assert [p.bid for p in prices(slow.take())] == [100]
+        for i in range(1, 1001):  # the slow client reads nothing meanwhile; the fast one does
+            fanout.update(price("AAPL", 100 + i, 101 + i, T0 + i))
+            fanout.update(price(f"S{i % 3}", i, i + 1, T0 + i))
+            assert [p.bid for p in prices(fast.take())] == [100 + i]
+        taken = prices(slow.take())
+        assert {p.symbol: p.bid for p in taken} == {"AAPL": 1100, "S0": 999, "S1": 1000, "S2": 998}
+        assert [p.ts_event_ns for p in taken] == sorted(p.ts_event_ns for p in taken)  # oldest 1st
+        assert slow.conflated == 999  # AAPL: 1,000 updates, one taken; S0-2: first seen now
+        assert fast.conflated == 0
+        assert fanout.stats.conflated_total == 999
 
 
 async def test_an_older_price_never_follows_a_newer_one(
     bus: InMemoryEventBus, cache: InMemoryPriceCache
 ) -> None:
-    fanout = PriceFanOut(bus, cache)
+    fanout = fanout_of(bus, cache)
     async with fanout.connect(["AAPL"]) as client:
-        client.offer(price("AAPL", 100, 101, T0 + 10))
-        assert [p.bid for p in await client.wait(1)] == [100]
-        client.offer(price("AAPL", 99, 100, T0 + 5))  # e.g. an image read before the update
-        assert await client.wait(1) == []
-        client.offer(price("AAPL", 102, 103, T0 + 11))
-        client.offer(price("AAPL", 98, 99, T0 + 7))  # older than the pending one
-        assert [p.bid for p in await client.wait(1)] == [102]
+        fanout.update(price("AAPL", 100, 101, T0 + 10))
+        assert [p.bid for p in prices(client.take())] == [100]
+        fanout.update(price("AAPL", 99, 100, T0 + 5))  # e.g. a cache image read late
+        assert client.take() == []
+        fanout.update(price("AAPL", 100, 101, T0 + 10))  # the same again
+        assert client.take() == []
+        fanout.update(price("AAPL", 101, 102, T0 + 10))  # same time, another price: later wins
+        assert [p.bid for p in prices(client.take())] == [101]
 
 
-async def test_an_everything_client_is_bounded_in_symbols(
+async def test_the_table_is_bounded_in_symbols(
     bus: InMemoryEventBus, cache: InMemoryPriceCache
 ) -> None:
-    fanout = PriceFanOut(bus, cache, max_symbols_per_client=3)
+    fanout = fanout_of(bus, cache, max_symbols=3)
     async with fanout.connect(None) as client:
         for i, symbol in enumerate(["A", "B", "C", "D", "E"]):
-            client.offer(price(symbol, 1, 2, T0 + i))
-        assert sorted(client.pending) == ["A", "B", "C"]
+            fanout.update(price(symbol, 1, 2, T0 + i))
+        assert [p.symbol for p in prices(client.take())] == ["A", "B", "C"]
+        assert fanout.stats.symbols_over_cap == 2
+        fanout.update(price("A", 2, 3, T0 + 9))  # a known symbol still updates
+        assert [p.symbol for p in prices(client.take())] == ["A"]
 
 
 async def test_clients_are_capped(bus: InMemoryEventBus, cache: InMemoryPriceCache) -> None:
-    fanout = PriceFanOut(bus, cache, max_clients=2)
+    fanout = fanout_of(bus, cache, max_clients=2)
     async with fanout.connect(["A"]), fanout.connect(["B"]):
         with pytest.raises(TooManyClients):
             async with fanout.connect(["C"]):
@@ -104,17 +138,40 @@ async def test_clients_are_capped(bus: InMemoryEventBus, cache: InMemoryPriceCac
         assert fanout.clients == 1
 
 
+async def test_wait_wakes_on_an_update_and_times_out_without(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    fanout = fanout_of(bus, cache)
+    async with fanout.connect(["A"]) as client, anyio.create_task_group() as tg:
+        start = anyio.current_time()
+        assert await client.wait(15) == []
+        assert anyio.current_time() - start == pytest.approx(15)
+
+        async def later() -> None:
+            await anyio.sleep(2)
+            fanout.update(price("B", 1, 2))  # not this client's: it keeps waiting
+            await anyio.sleep(1)
+            fanout.update(price("A", 1, 2))
+
+        tg.start_soon(later)
+        start = anyio.current_time()
+        assert [p.symbol for p in prices(await client.wait(15))] == ["A"]
+        assert anyio.current_time() - start == pytest.approx(3)
+
+
 async def test_new_symbols_resubscribe_and_nothing_published_meanwhile_is_lost(
     bus: InMemoryEventBus, cache: InMemoryPriceCache
 ) -> None:
-    fanout = PriceFanOut(bus, cache)
+    fanout = fanout_of(bus, cache)
     async with anyio.create_task_group() as tg:
         await tg.start(fanout.run)
         async with fanout.connect(["AAPL"]) as first:
             await eventually(lambda: len(bus._subscribers) == 1)
+            fanout.update(price("AAPL", 5, 6, T0))
+            assert [p.bid for p in prices(first.take())] == [5]
             async with fanout.connect(["MSFT"]):
-                # While the fan-out re-subscribes for AAPL+MSFT, an AAPL price reaches the cache
-                # (and the bus): the first client gets it all the same, from the cache image.
+                # While the fan-out re-subscribes for AAPL+MSFT, a newer AAPL price reaches the
+                # cache (and the bus): the first client gets it all the same, from the cache.
                 await cache.put_many([price("AAPL", 7, 8, T0 + 1)])
                 await bus.publish_many([price("AAPL", 7, 8, T0 + 1)])
                 await eventually(
@@ -123,14 +180,12 @@ async def test_new_symbols_resubscribe_and_nothing_published_meanwhile_is_lost(
                         and bus._subscribers[0].symbols == {"AAPL", "MSFT"}
                     )
                 )
-                got = await first.wait(1)
+                got = prices(await first.wait(1))
                 assert [(p.symbol, p.bid) for p in got] == [("AAPL", 7)]
         tg.cancel_scope.cancel()
 
 
-async def test_a_bus_outage_is_retried_and_never_raised(
-    cache: InMemoryPriceCache, clock: VirtualClock
-) -> None:
+async def test_a_bus_outage_is_retried_and_never_raised(cache: InMemoryPriceCache) -> None:
     class FlakyBus(InMemoryEventBus):
         failures = 3
 
@@ -141,7 +196,7 @@ async def test_a_bus_outage_is_retried_and_never_raised(
             return super().subscribe(symbols, pattern)
 
     bus = FlakyBus()
-    fanout = PriceFanOut(bus, cache, retry_base_s=0.5, retry_cap_s=1)
+    fanout = PriceFanOut(bus, cache, encode=Price.to_json, retry_base_s=0.5, retry_cap_s=1)
     async with anyio.create_task_group() as tg:
         await tg.start(fanout.run)
         async with fanout.connect(["AAPL"]) as client:
@@ -149,5 +204,34 @@ async def test_a_bus_outage_is_retried_and_never_raised(
                 await eventually(lambda: len(bus._subscribers) == 1)
             assert fanout.stats.bus_errors_total == 3
             await bus.publish_many([price("AAPL", 1, 2)])
-            assert [p.symbol for p in await client.wait(1)] == ["AAPL"]
+            assert [p.symbol for p in prices(await client.wait(1))] == ["AAPL"]
         tg.cancel_scope.cancel()
+
+
+async def test_only_a_clients_own_symbols_wake_it(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    fanout = fanout_of(bus, cache)
+    async with fanout.connect(["A"]) as client, anyio.create_task_group() as tg:
+        tg.start_soon(client.wait, 60)
+        await eventually(lambda: "A" in fanout._waiting)
+        for i in range(100):
+            fanout.update(price("B", 1, 2, T0 + i))
+        assert "A" in fanout._waiting and client in fanout._waiting["A"]  # still asleep
+        fanout.update(price("A", 1, 2))
+        await eventually(lambda: fanout._waiting == {})
+
+
+async def test_a_future_stamped_price_is_not_taken(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache, clock: VirtualClock
+) -> None:
+    fanout = PriceFanOut(bus, cache, encode=Price.to_json, clock=clock, max_future_skew_s=5)
+    now = clock.now_ns()
+    await cache.put_many([price("AAPL", 1, 2, now + 3_600 * 10**9)])  # written by anything
+    async with fanout.connect(["AAPL"]) as client:
+        await fanout.image(["AAPL"])
+        fanout.update(price("AAPL", 1, 2, now + 10 * 10**9))
+        assert client.take() == []
+        assert fanout.stats.future_refused == 2
+        fanout.update(price("AAPL", 3, 4, now))  # the real price is not held back
+        assert [p.bid for p in prices(client.take())] == [3]

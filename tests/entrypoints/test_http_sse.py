@@ -20,6 +20,7 @@ from adapters.memory import InMemoryEventBus, InMemoryPriceCache
 from application.price_fanout import PriceFanOut
 from domain.price import Price, exact_mid
 from entrypoints.http_api import HttpOptions, create_app, serve_http
+from entrypoints.http_sse import encode_event
 from tests.conditions import wait_for
 from tests.entrypoints.test_http_api import FakeView
 
@@ -36,7 +37,11 @@ class Rig:
         self.cache = InMemoryPriceCache(SystemClock(), ttl_s=1e9)
         self.view = FakeView()
         self.fanout = PriceFanOut(
-            self.bus, self.cache, all_symbols=lambda: ["AAPL", "MSFT"], **fanout_args
+            self.bus,
+            self.cache,
+            encode=encode_event,
+            all_symbols=lambda: ["AAPL", "MSFT"],
+            **fanout_args,
         )
         self.url = ""
 
@@ -157,8 +162,12 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_rest_go_on() -> No
     symbols = [f"S{i}" for i in range(500)]
     with anyio.fail_after(60):
         async with (
-            served(rig, HttpOptions(sse_send_timeout_s=0.5), stuck_peer_timeout_s=1) as url,
-            httpx.AsyncClient(base_url=url) as c,
+            served(
+                rig,
+                HttpOptions(sse_send_timeout_s=0.5, sse_min_interval_s=0),
+                stuck_peer_timeout_s=1,
+            ) as url,
+            httpx.AsyncClient(base_url=url, timeout=30) as c,
             anyio.create_task_group() as tg,
         ):
             host, port = url.removeprefix("http://").split(":")
@@ -183,7 +192,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_rest_go_on() -> No
                 while rig.fanout.clients == 2:
                     ts += 1
                     await rig.bus.publish_many([price(s, 1, 2, ts) for s in symbols])
-                    await anyio.sleep(0.01)  # let the writers run; bounded by fail_after
+                    await anyio.sleep(0.05)  # ~10,000 prices/s; bounded by fail_after
                 assert rig.fanout.stats.dropped_total == 1
                 # the reading client is still there and gets the latest price
                 last = price("S0", 3, 4, ts + 1)
