@@ -38,6 +38,8 @@ FEED_TESTS = "tests/adapters/alpaca/test_feed.py"
 GUARANTEES = "tests/application/test_stream_prices_guarantees.py"
 RULES = "tests/domain/test_rules.py"
 HEALTH = "tests/entrypoints/test_health_real_view.py"
+SUB_ERRORS = "tests/application/test_subscription_errors.py"
+KEEP = "application/keep_connected.py"
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,16 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("plan-capacity-0-unlimited", PLAN, "keep = ranked if capacity is None else ranked[:capacity]",
            "keep = ranked if not capacity else ranked[:capacity]", (RULES,),
            "capacity 0 read as unlimited"),
+    Mutant("change-cut-crashes-sync", KEEP,
+           "            except RetryableFeedError as e:\n                log.warning(\"subscription change interrupted",
+           "            except SymbolsRejected as e:\n                log.warning(\"subscription change interrupted",
+           (SUB_ERRORS,), "a subscription change cut by a drop raises out of the sync"),
+    Mutant("refused-symbols-asked-again", KEEP, "status.rejected = status.rejected | e.symbols",
+           "status.rejected = status.rejected", (SUB_ERRORS,),
+           "symbols the venue refused (400/410) are asked for again at every sync"),
+    Mutant("reconnect-subscribes-a-part", KEEP, "await self._subscribe(session, self._ranked)",
+           "await self._subscribe(session, self._ranked[:1])", (SUB_ERRORS,),
+           "a new session is not subscribed to the whole target"),
     Mutant("health-failed-ignored", "application/status.py",
            "        if self.connection.failed or self.fatal_error is not None:\n            return Health.FAILED",
            "        if False:\n            return Health.FAILED", (HEALTH,), "a fatal error no longer reads FAILED"),
