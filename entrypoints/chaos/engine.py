@@ -84,15 +84,18 @@ class Report:
     skipped: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
     peak_rss_mb: float = 0.0
+    interrupted: str | None = None
+    """The signal that ended the run before its time, if one did."""
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
     def summary(self) -> str:
+        stopped = f", interrupted by {self.interrupted}" if self.interrupted else ""
         lines = [
             f"chaos soak: seed {self.seed}, {self.elapsed_s:.0f} s "
-            f"(planned {self.planned_s:.0f} s), {len(self.played)} episodes",
+            f"(planned {self.planned_s:.0f} s{stopped}), {len(self.played)} episodes",
             f"faults injected: {sum(self.faults.values())}",
         ]
         lines += [f"  {name:<22} {n}" for name, n in sorted(self.faults.items())]
@@ -1069,14 +1072,28 @@ async def soak(
 def run_soak(
     plan: Plan, *, echo: Callable[[str], None] | None = None, base: Path | None = None
 ) -> Report:
-    """Blocking entry point for the CLI."""
-    report: list[Report] = []
+    """Blocking entry point for the CLI. SIGTERM, SIGHUP or Ctrl-C end the run early: every
+    process it started is stopped and the report so far is returned (``interrupted`` set)."""
+    engine = Engine(plan, echo=echo)
 
     async def main() -> None:
-        report.append(await soak(plan, echo=echo, base=base))
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(
+                    signal.SIGTERM, signal.SIGHUP, signal.SIGINT
+                ) as signals:
+                    async for signum in signals:
+                        engine.report.interrupted = signal.Signals(signum).name
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop_on_signal)
+            await engine.run(base)
+            tg.cancel_scope.cancel()
 
     anyio.run(main, backend="trio")
-    return report[0]
+    return engine.report
 
 
 __all__ = ["Engine", "Report", "SoakError", "Violation", "run_soak", "soak"]
