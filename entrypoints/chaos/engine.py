@@ -678,7 +678,11 @@ class Injector:
     async def _cluster_master_kill(self) -> Active:
         cluster = self.scene.cluster
         assert cluster is not None
-        node = cluster.nodes[self.engine.rng_index(len(cluster.nodes))]
+        # The master of a subscribed symbol's slot (a master holding none of them would be a
+        # fault the service cannot see before the cluster marks it failed).
+        symbol = SYMBOLS[self.engine.rng_index(len(SYMBOLS))]
+        port = await anyio.to_thread.run_sync(lambda: _owner_port(cluster, f"price:{symbol}"))
+        node = next(n for n in cluster.nodes if n.port == port)
         await _thread(node.kill9)
 
         async def clear() -> None:
@@ -721,16 +725,26 @@ def _node_ids(cluster: RedisClusterHandle) -> dict[int, str]:
     return ids
 
 
+def _owner_port(cluster: RedisClusterHandle, key: str) -> int:
+    """The port of the master that owns ``key``'s slot (asked of a node that is up)."""
+    for node in cluster.nodes:
+        if not node.running:
+            continue
+        with node.client() as c:
+            slot = int(c.execute_command("CLUSTER", "KEYSLOT", key))
+            for start, end, master, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return int(master[1])
+    raise SoakError(f"no node of the cluster knows the owner of {key}")
+
+
 def _migrate_slot(cluster: RedisClusterHandle, key: str, pause_s: float = 1.0) -> None:
     """Move the slot of ``key`` to another master, step by step as ``redis-cli --cluster
     reshard`` does, staying ``pause_s`` in the migrating state while the service writes."""
     ids = _node_ids(cluster)
+    owner_port = _owner_port(cluster, key)
     with cluster.nodes[0].client() as c:
         slot = int(c.execute_command("CLUSTER", "KEYSLOT", key))
-        owner_port = None
-        for start, end, master, *_ in c.execute_command("CLUSTER", "SLOTS"):
-            if start <= slot <= end:
-                owner_port = int(master[1])
     source = next(n for n in cluster.nodes if n.port == owner_port)
     target = next(n for n in cluster.nodes if n.port != owner_port)
     with source.client() as src, target.client() as dst:
