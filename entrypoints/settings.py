@@ -168,8 +168,8 @@ class Settings(BaseSettings):
         default=DEFAULT_DATA_URL,
         validation_alias="ALPACA_DATA_URL",
         description=(
-            "Alpaca market-data REST API, read for the initial image (latest quotes). "
-            "`http://` only to loopback."
+            "Alpaca market-data REST API for the initial image (latest quotes). `http://` only "
+            "to loopback. Validated; the initial image itself is not implemented yet."
         ),
     )
     trading_url: str = Field(
@@ -288,8 +288,8 @@ class Settings(BaseSettings):
         ),
         validation_alias="MDS_INITIAL_IMAGE",
         description=(
-            "On subscribe and after every reconnect, price each symbol at once from the latest "
-            "quote over REST (ALPACA_DATA_URL); never over a newer streamed price."
+            "Initial image from the latest quotes over REST (ALPACA_DATA_URL) on subscribe and "
+            "after reconnects. Validated; not implemented yet (no effect)."
         ),
         json_schema_extra=_doc("`true` with MDS_FEED=alpaca and keys, else `false`"),
     )
