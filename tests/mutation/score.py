@@ -46,8 +46,15 @@ def listed_equivalents() -> set[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--min", type=float, default=90.0, help="lowest acceptable score (%%)")
+    parser.add_argument(
+        "--module", action="append", default=[],
+        help="score only mutants of this module prefix (e.g. domain.subscriptions; repeatable),"
+        " for a run given mutant names",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     results = mutmut_results()
+    if args.module:
+        results = {n: s for n, s in results.items() if n.startswith(tuple(args.module))}
     counts = Counter(results.values())
     equivalent = listed_equivalents()
     killed = {n for n, s in results.items() if s in ("killed", "timeout")}
