@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Final
 from urllib.parse import urlsplit
 
 from dependency_injector import containers, providers
@@ -20,8 +21,10 @@ from adapters.alpaca.config import AlpacaFeedConfig, Secret
 from adapters.alpaca.feed import AlpacaQuoteFeed
 from adapters.clock import SystemClock
 from adapters.http.position_source import AlpacaPositionSource, GatewayPositionSource
+from adapters.http.snapshot_source import AlpacaSnapshotSource
 from adapters.memory import InMemoryEventBus, InMemoryPriceCache
 from adapters.simulated import SimulatedQuoteFeed
+from application.initial_image import InitialImage
 from application.service import MarketDataService, ServiceConfig
 from application.stream_prices import StreamObserver
 from domain.assets import AssetClass
@@ -33,6 +36,7 @@ from ports.event_bus import EventBus
 from ports.position_source import PositionSource
 from ports.price_cache import PriceCache
 from ports.quote_feed import QuoteFeed
+from ports.snapshot_source import SnapshotSource
 
 
 def alpaca_feed_config(settings: Settings) -> AlpacaFeedConfig:
@@ -121,6 +125,41 @@ def make_position_source(settings: Settings) -> PositionSource | None:
     return None
 
 
+STOCK_DATA_FEEDS: Final = frozenset({"iex", "sip", "delayed_sip", "boats", "overnight", "otc"})
+OPTION_DATA_FEEDS: Final = frozenset({"indicative", "opra"})
+
+
+def make_snapshot_source(settings: Settings, clock: Clock) -> AlpacaSnapshotSource | None:
+    """The initial image's REST source: only with MDS_INITIAL_IMAGE and the Alpaca feed. The
+    feeds asked for are the streams' (``/v2/sip`` -> ``feed=sip``; a test stream: the default)."""
+    if not settings.initial_image or settings.feed != "alpaca":
+        return None
+    assert settings.alpaca_api_key is not None and settings.alpaca_secret_key is not None
+    stock = stream_source(settings.stream_url).lower()
+    option = stream_source(settings.options_stream_url).lower()
+    return AlpacaSnapshotSource(
+        settings.data_url,
+        settings.alpaca_api_key.get_secret_value(),
+        settings.alpaca_secret_key.get_secret_value(),
+        clock.now_ns,
+        stock_feed=stock if stock in STOCK_DATA_FEEDS else None,
+        option_feed=option if option in OPTION_DATA_FEEDS else None,
+    )
+
+
+def make_initial_image(
+    service: MarketDataService, source: SnapshotSource, config: ServiceConfig
+) -> InitialImage:
+    """An InitialImage writing through the service's price path, listening to its subscribes."""
+    handlers = {
+        cls: service.stream.handler_for(config.sources.get(cls, config.source))
+        for cls in AssetClass
+    }
+    image = InitialImage(source, handlers, service.status)
+    service.subscribed_listeners.append(image.on_subscribed)
+    return image
+
+
 def stream_source(url: str) -> str:
     """A stream's name from its URL: the path after the version, upper-cased."""
     segments = [s for s in urlsplit(url).path.split("/") if s][1:]
@@ -189,6 +228,9 @@ class Container(containers.DeclarativeContainer):
         make_position_source, settings
     )
     config: providers.Provider[ServiceConfig] = providers.Singleton(service_config, settings)
+    snapshots: providers.Provider[SnapshotSource | None] = providers.Singleton(
+        make_snapshot_source, settings, clock
+    )
     observer: providers.Provider[StreamObserver | None] = providers.Object(None)
 
     service: providers.Provider[MarketDataService] = providers.Singleton(

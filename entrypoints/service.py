@@ -36,7 +36,7 @@ from adapters.redis.lease import RedisLease
 from application.leadership import LeaderElection
 from application.service import MarketDataService
 from domain.errors import FatalFeedError, FatalStoreError
-from entrypoints.container import Container
+from entrypoints.container import Container, make_initial_image
 from entrypoints.http_limit import ConcurrencyLimit
 from entrypoints.optional import serve_http_alone
 from entrypoints.settings import Settings, SettingsError, load_settings, unknown_variables
@@ -163,6 +163,11 @@ async def run(
         metrics = ServiceMetrics()
         stack.enter_context(container.observer.override(providers.Object(metrics)))
         service = container.service()
+        image = None
+        snapshots = container.snapshots()
+        if snapshots is not None:  # MDS_INITIAL_IMAGE: latest quotes over REST on every subscribe
+            await stack.enter_async_context(snapshots)  # type: ignore[arg-type]
+            image = make_initial_image(service, snapshots, container.config())
         view = ServiceViewAdapter(
             service,
             store=store.name,
@@ -198,6 +203,8 @@ async def run(
                     partial(cancel_on_signals, pending=lambda: service.stream.pending),
                     tg.cancel_scope,
                 )
+                if image is not None:  # its own task: a slow REST call never holds the stream
+                    await tg.start(image.run)
                 if settings.ha and store.redis is not None:
                     election = LeaderElection(
                         RedisLease(store.redis.connection),
