@@ -25,6 +25,8 @@ class ServerStats:
     """Upgrades answered with an HTTP error: 429 (fault ``http_429_at_upgrade``) or 404 (a path
     that is no endpoint)."""
     handshake_timeouts: int = 0
+    rest_requests: int = 0
+    """Market-data REST requests answered (latest quotes, ``rest.py``)."""
     auth_attempts: int = 0
     """Auth messages and upgrades carrying the key headers."""
     auth_successes: int = 0

@@ -226,6 +226,10 @@ class MarketData:
             )  # fmt: skip
         return out
 
+    def latest_quote(self, symbol: str) -> Message:
+        """One quote of ``symbol`` at its base price (the REST latest quote)."""
+        return self._message(("q", symbol), 0)
+
     def _message(self, item: Item, offset: int) -> Message:
         kind, symbol = item
         rng = self._rng

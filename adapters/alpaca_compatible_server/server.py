@@ -18,6 +18,8 @@ from __future__ import annotations
 import hmac
 import itertools
 import logging
+import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,6 +29,7 @@ import anyio.abc
 import trio
 from trio_websocket import WebSocketRequest, wrap_server_stream
 
+from adapters.alpaca_compatible_server import rest
 from adapters.alpaca_compatible_server.config import Faults, ServerConfig
 from adapters.alpaca_compatible_server.endpoints import Endpoint, endpoint_map, request_path
 from adapters.alpaca_compatible_server.frames import WireFormat, codec_for
@@ -226,8 +229,19 @@ class AlpacaCompatibleServer:
         cfg = self.config
         request: WebSocketRequest | None = None
         with trio.move_on_after(cfg.handshake_timeout_s):
+            head = await rest.read_head(stream)
+            target = rest.rest_target(head)
+            if target is not None:  # the market-data REST API's latest quotes (rest.py)
+                self.stats.rest_requests += 1
+                rng = random.Random(
+                    None if cfg.seed is None else cfg.seed + self.stats.rest_requests
+                )
+                await stream.send_all(
+                    rest.answer(head, target, self.credentials_valid, rng, time.time_ns())
+                )
+                return
             request = await wrap_server_stream(
-                nursery, stream, max_message_size=cfg.max_client_message_bytes
+                nursery, rest.Replayed(stream, head), max_message_size=cfg.max_client_message_bytes
             )
         if request is None:
             self.stats.handshake_timeouts += 1

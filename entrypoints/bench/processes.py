@@ -288,6 +288,7 @@ def service_env(url: str, target: Target, redis_port: int, http_port: int) -> di
         ALPACA_SECRET_KEY="bench-secret",
         ALPACA_STREAM_FORMAT=target.fmt,
         MDS_FEED="alpaca",
+        MDS_INITIAL_IMAGE="false",  # the benchmark measures the stream alone
         MDS_SYMBOL_LIMIT="0",
         MDS_SYMBOLS=",".join(symbol_names(target.symbols)),
         REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx
@@ -116,6 +117,8 @@ def start_service(
     port = int(extra.get("MDS_HTTP_PORT", "0"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MDS_", "ALPACA_", "APCA_"))}
     env.pop("REDIS_URL", None)
+    scheme = "https" if stream_url.startswith("wss:") else "http"
+    data_url = urlunsplit((scheme, urlsplit(stream_url).netloc, "", "", ""))
     env.update(
         MDS_FEED="alpaca",
         ALPACA_STREAM_URL=stream_url,
@@ -128,6 +131,10 @@ def start_service(
         MDS_RECONNECT_MAX_DELAY="1",
         MDS_LOG_FORMAT="json",
         MDS_LOG_LEVEL="INFO",
+        # The local server answers the latest-quotes REST API on its stream port; the initial
+        # image stays off unless a test turns it on (most assert what the streams alone do).
+        ALPACA_DATA_URL=data_url,
+        MDS_INITIAL_IMAGE="false",
     )
     if redis_url is not None:
         env["REDIS_URL"] = redis_url
