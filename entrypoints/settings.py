@@ -169,7 +169,7 @@ class Settings(BaseSettings):
         validation_alias="ALPACA_DATA_URL",
         description=(
             "Alpaca market-data REST API for the initial image (latest quotes). `http://` only "
-            "to loopback. Validated; the initial image itself is not implemented yet."
+            "to loopback. The local server answers it too (paper mode: its `http://` address)."
         ),
     )
     trading_url: str = Field(
@@ -289,7 +289,8 @@ class Settings(BaseSettings):
         validation_alias="MDS_INITIAL_IMAGE",
         description=(
             "Initial image from the latest quotes over REST (ALPACA_DATA_URL) on subscribe and "
-            "after reconnects. Validated; not implemented yet (no effect)."
+            "after reconnects, through the streamed quotes' path (ordering guard, TTL, publish). "
+            "Only with MDS_FEED=alpaca."
         ),
         json_schema_extra=_doc("`true` with MDS_FEED=alpaca and keys, else `false`"),
     )
