@@ -87,6 +87,8 @@ class MetricsSnapshot:
     conflated: int = 0
     refused_older: int = 0
     refused_future: int = 0
+    snapshot_quotes: int = 0
+    snapshot_missing: int = 0
     dropped: int = 0
     no_mid_by_reason: Mapping[str, int] = field(default_factory=dict)
     cache_write_errors: int = 0
@@ -178,6 +180,8 @@ class MetricsSnapshot:
             conflated=c["conflated"],
             refused_older=c["refused_older"],
             refused_future=c["refused_future"],
+            snapshot_quotes=c["snapshot_quotes"],
+            snapshot_missing=c["snapshot_missing"],
             dropped=c["dropped"],
             no_mid_by_reason={r: c[f"no_mid_{r}"] for r in NO_MID_REASONS},
             cache_write_errors=c["cache_write_errors"],
@@ -372,6 +376,14 @@ class _SnapshotCollector(Collector):
             "refused_future",
             "Quotes refused: stamped more than MDS_MAX_FUTURE_SKEW ahead of their receive time.",
             s.refused_future,
+        )
+        yield counter(
+            "snapshot_quotes", "Initial image: latest quotes received over REST.", s.snapshot_quotes
+        )
+        yield counter(
+            "snapshot_missing",
+            "Initial image: symbols asked for that got no quote (batch failed, unknown symbol).",
+            s.snapshot_missing,
         )
         yield counter("dropped", "Prices dropped because the write queue was full.", s.dropped)
         no_mid = CounterMetricFamily(

@@ -54,6 +54,9 @@ async def test_symbols_the_stream_never_quotes_are_priced_from_the_local_servers
             cached = await priced_after(reader, 0)
         assert server.stats.frames_sent == 0  # nothing streamed: the prices are the snapshot's
         assert server.stats.rest_requests >= 3
+        metrics = await service.metrics()
+        assert metrics["mds_snapshot_quotes_total"] >= 3
+        assert metrics["mds_snapshot_missing_total"] == 0
         exchanges = [cached[s].price.exchange for s in SYMBOLS]  # type: ignore[attr-defined]
         assert exchanges == ["IEX", "CRYPTO_US", "INDICATIVE"]
         for s in SYMBOLS:
@@ -97,3 +100,4 @@ async def test_an_unreachable_rest_api_never_holds_the_stream(
         await wait_for(both_priced, timeout_s=10)
         assert server.stats.rest_requests == 0
         await wait_for(lambda: "symbols skipped" in service.log(), timeout_s=10)
+        assert (await service.metrics())["mds_snapshot_missing_total"] >= 2

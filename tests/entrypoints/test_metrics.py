@@ -37,6 +37,8 @@ EXPECTED_FAMILIES = {
     "mds_prices_published",
     "mds_conflated",
     "mds_refused_older",
+    "mds_snapshot_quotes",
+    "mds_snapshot_missing",
     "mds_dropped",
     "mds_no_mid",
     "mds_cache_write_errors",
