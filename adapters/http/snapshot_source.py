@@ -54,7 +54,9 @@ PATHS: Final = {
 
 
 class _Skip(Exception):
-    pass
+    def __init__(self, reason: str, *, quiet: bool = False) -> None:
+        super().__init__(reason)
+        self.quiet = quiet  # already logged once (refused credentials): debug from now on
 
 
 class AlpacaSnapshotSource:
@@ -122,7 +124,13 @@ class AlpacaSnapshotSource:
                 quotes = await self._fetch(asset_class, batch)
             except _Skip as e:
                 self.stats["skipped_symbols"] += len(batch)
-                log.warning("initial image: %d %s symbols skipped: %s", len(batch), asset_class, e)
+                log.log(
+                    logging.DEBUG if e.quiet else logging.WARNING,
+                    "initial image: %d %s symbols skipped: %s",
+                    len(batch),
+                    asset_class,
+                    e,
+                )
                 continue
             self.stats["missing_symbols"] += len(set(batch) - {q.symbol for q in quotes})
             out += quotes
@@ -167,7 +175,7 @@ class AlpacaSnapshotSource:
                     safe_url(url),
                     status,
                 )
-            raise _Skip(f"HTTP {status}")
+            raise _Skip(f"HTTP {status}", quiet=True)
         if status != 200:
             self.stats["errors"] += 1
             raise _Skip(f"{safe_url(url)}: HTTP {status}")

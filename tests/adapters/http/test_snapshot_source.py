@@ -147,3 +147,17 @@ async def test_malformed_rows_and_unasked_symbols_are_skipped_the_rest_used() ->
     assert [q.symbol for q in quotes] == ["A"]
     assert src.stats["malformed_rows"] == 3
     assert src.stats["missing_symbols"] == 4  # B, C, D malformed and E absent
+
+
+async def test_refused_credentials_are_logged_once_however_often_asked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    src = source()
+    with respx.mock, caplog.at_level(logging.DEBUG, logger="adapters.http.snapshot_source"):
+        respx.get(BASE + "/v2/stocks/quotes/latest").respond(401, json={"message": "no"})
+        async with src:
+            for _ in range(3):
+                assert await src.latest_quotes(AssetClass.US_EQUITY, ["AAPL"]) == []
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 1 and "refused the credentials" in loud[0].getMessage()
+    assert src.stats["refused"] == 3 and src.stats["skipped_symbols"] == 3
