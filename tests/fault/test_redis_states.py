@@ -195,8 +195,16 @@ async def test_ha_after_redis_loses_its_data_one_instance_streams(
             return False
 
         tg.start_soon(server.wait_until, observe)
-        # Settle: the old leader's renewal (every 0.6 s) fails on identity; then 3 s more in
-        # which the roles must stay one leader, one standby (sampled, bounded).
+        # The old leader's renewal (every 0.6 s) fails on identity and it steps down; whoever
+        # takes the lease next holds back for a while before streaming (its history is unknown),
+        # so for a moment both are standby. Wait for that hand-over first: right after the
+        # FLUSHALL the old leader still says leader, which is not yet the settled state.
+        async def both_standby() -> bool:
+            return await roles() == ["standby", "standby"]
+
+        await wait_for(both_standby, timeout_s=10, step_s=0.05)
+        # Settle: then one leader streams, and for 3 s more the roles must stay one leader, one
+        # standby (sampled, bounded).
         await wait_for(one_leader_streaming, timeout_s=10, step_s=0.05)
         settled_at = anyio.current_time()
         while anyio.current_time() - settled_at < 3.0:
