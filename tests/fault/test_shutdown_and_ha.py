@@ -79,10 +79,11 @@ async def test_sigterm_under_load_exits_0_within_2_s_with_every_published_price_
         took = anyio.current_time() - sent_at
 
         cached = await reader.get_many(SYMBOLS)
-        # The subscriber may still be reading what was published just before the exit.
+        # The subscriber (in this process, at 10,000 prices/s) may still be reading what was
+        # published just before the exit: on a loaded 2-core machine it lagged more than 5 s.
         await wait_for(
             lambda: all(s in cached and seen.newest.get(s) == cached[s].price for s in SYMBOLS),
-            timeout_s=5,
+            timeout_s=30,
         )
         with anyio.fail_after(5):
             await server.wait_until(lambda: 1000 in server.stats.client_close_codes)
