@@ -118,7 +118,11 @@ def start_service(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MDS_", "ALPACA_", "APCA_"))}
     env.pop("REDIS_URL", None)
     scheme = "https" if stream_url.startswith("wss:") else "http"
-    data_url = urlunsplit((scheme, urlsplit(stream_url).netloc, "", "", ""))
+    stream_host = urlsplit(stream_url).hostname or ""
+    # The local server's REST side, when the stream is the local server (a loopback address);
+    # otherwise the default, so a test of a remote ws:// URL meets only that URL's own error.
+    local = stream_host in ("127.0.0.1", "localhost", "::1")
+    data_url = urlunsplit((scheme, urlsplit(stream_url).netloc, "", "", "")) if local else None
     env.update(
         MDS_FEED="alpaca",
         ALPACA_STREAM_URL=stream_url,
@@ -133,9 +137,10 @@ def start_service(
         MDS_LOG_LEVEL="INFO",
         # The local server answers the latest-quotes REST API on its stream port; the initial
         # image stays off unless a test turns it on (most assert what the streams alone do).
-        ALPACA_DATA_URL=data_url,
         MDS_INITIAL_IMAGE="false",
     )
+    if data_url is not None:
+        env["ALPACA_DATA_URL"] = data_url
     if redis_url is not None:
         env["REDIS_URL"] = redis_url
     env.update(extra)
