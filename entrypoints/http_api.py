@@ -144,6 +144,7 @@ class HttpOptions:
     sse_heartbeat_s: float = 15.0
     sse_send_timeout_s: float = 10.0
     sse_min_interval_s: float = 0.1  # at most 10 writes a second per stream client
+    sse_writes_per_s: float = 200.0  # and at most this many writes a second for all of them
 
 
 class Unavailable(Exception):
@@ -394,6 +395,7 @@ def create_app(
                 heartbeat_s=opts.sse_heartbeat_s,
                 send_timeout_s=opts.sse_send_timeout_s,
                 min_interval_s=opts.sse_min_interval_s,
+                writes_per_s=opts.sse_writes_per_s,
             )
 
     @app.get("/prices/{symbol:path}", summary="Price of one symbol")

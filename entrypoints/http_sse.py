@@ -64,6 +64,7 @@ class EventStreamResponse(Response):
         heartbeat_s: float,
         send_timeout_s: float,
         min_interval_s: float = 0.0,
+        writes_per_s: float = float("inf"),
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self._fanout = fanout
@@ -71,6 +72,7 @@ class EventStreamResponse(Response):
         self._heartbeat_s = heartbeat_s
         self._send_timeout_s = send_timeout_s
         self._min_interval_s = min_interval_s
+        self._writes_per_s = writes_per_s
         self._sse_headers = _HEADERS + (extra_headers or [])
         self.background = None
 
@@ -134,10 +136,13 @@ class EventStreamResponse(Response):
                 while True:
                     prices = await client.wait(self._heartbeat_s)
                     await write(b"".join(e for _, e in prices) if prices else b": keep-alive\n\n")
-                    if self._min_interval_s:
-                        # let updates gather in the slot: a bound on this client's share of the
-                        # loop, whatever the quote rate
-                        await anyio.sleep(self._min_interval_s)
+                    # Let updates gather in the table: every client writes at most every
+                    # min_interval_s, and all clients together at most writes_per_s times a
+                    # second (200 clients: one write a second each), so the stream's share of
+                    # the loop is bounded whatever the quote rate and the number of clients.
+                    pause = max(self._min_interval_s, self._fanout.clients / self._writes_per_s)
+                    if pause:
+                        await anyio.sleep(pause)
             except TimeoutError:
                 drop()
             tg.cancel_scope.cancel()

@@ -280,3 +280,41 @@ async def test_without_a_token_nothing_is_guarded() -> None:
     with anyio.fail_after(10):
         async with served(rig) as url, httpx.AsyncClient(base_url=url) as c:
             assert (await c.post("/subscriptions/sync")).status_code == 200
+
+
+async def test_writes_are_paced_so_many_updates_cost_few_writes() -> None:
+    """All clients together write at most ``sse_writes_per_s`` times a second: one client with a
+    budget of 2 gets a symbol updated every 10 ms at most about twice a second (the newest each
+    time), however fast it reads."""
+    rig = Rig()
+    options = HttpOptions(sse_min_interval_s=0, sse_writes_per_s=2)
+    received: list[str] = []
+    with anyio.fail_after(30):
+        async with (
+            served(rig, options) as url,
+            httpx.AsyncClient(base_url=url, timeout=30) as c,
+            anyio.create_task_group() as tg,
+        ):
+
+            async def read(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                async with c.stream("GET", "/prices/stream?symbols=AAPL") as r:
+                    task_status.started()
+                    async for event in events(r.aiter_lines()):
+                        if "data" in event:
+                            received.append(event["data"])
+
+            await tg.start(read)
+            await wait_for(lambda: len(rig.bus._subscribers) == 1)
+            start = anyio.current_time()
+            ts = T0
+            while anyio.current_time() - start < 2.0:
+                ts += 1
+                await rig.bus.publish_many([price("AAPL", 1, 2, ts)])
+                await anyio.sleep(0.01)  # an update every 10 ms; bounded by the loop
+            elapsed = anyio.current_time() - start
+            final = price("AAPL", 5, 6, ts + 1)
+            await rig.bus.publish_many([final])
+            await wait_for(lambda: received[-1:] == [final.to_json().decode()], timeout_s=5)
+            tg.cancel_scope.cancel()
+    # ~200 updates, written at most once per 0.5 s (+ the first write and the final one)
+    assert 2 <= len(received) <= elapsed / 0.5 + 3, (len(received), elapsed)
