@@ -138,6 +138,10 @@ async def test_500_sync_requests_make_at_most_two_gateway_calls(tmp_path: Path) 
     assert calls <= 5 + took * 20 / 60 + 1  # the burst, the sustained cap, one in flight
 
 
+async def _rejected(service: ServiceProcess) -> bool:
+    return (await service.metrics()).get("mds_http_rejected_total", 0.0) > 0
+
+
 async def test_an_http_flood_is_bounded_and_the_stream_keeps_up(tmp_path: Path) -> None:
     """40 connections hammer /prices/AAPL for 3 s against MDS_HTTP_MAX_CONCURRENCY=1: one
     runs, 16 wait, the excess is answered 503 (Retry-After) and counted in
@@ -160,7 +164,9 @@ async def test_an_http_flood_is_bounded_and_the_stream_keeps_up(tmp_path: Path) 
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_flood)
-            await anyio.sleep(0.5)  # let the flood build up; the checks below wait on answers
+            # The flood has built up once the bound turns requests away (probes have their own
+            # slots, so /metrics answers meanwhile).
+            await wait_for(lambda: _rejected(service), timeout_s=10, step_s=0.05)
             await prices_advance(service)
             for _ in range(5):
                 health_codes.append((await service.get("/health")).status_code)

@@ -209,7 +209,7 @@ async def test_ha_after_redis_loses_its_data_one_instance_streams(
         settled_at = anyio.current_time()
         while anyio.current_time() - settled_at < 3.0:
             assert await roles() == ["leader", "standby"]
-            await anyio.sleep(0.1)
+            await anyio.sleep(0.1)  # sampling a property that must hold 3 s, not a sync wait
         tg.cancel_scope.cancel()
     assert peak[0] == 1, peak
     assert server.stats.errors_sent[406] == 0
