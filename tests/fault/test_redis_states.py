@@ -18,6 +18,7 @@ from tests.fault.helpers import (
     alpaca_server,
     authenticated_sessions,
     cached_timestamps,
+    pending_writes_reach,
     quotes_of_active_session,
     service_process,
     wall_ns,
@@ -144,11 +145,7 @@ async def test_sigterm_with_redis_frozen_exits_within_2_s(
         )
         own_redis_server.pause()
         try:
-
-            async def piling_up() -> bool:
-                return metric_total(await service.metrics(), "mds_pending_writes") >= 20
-
-            await wait_for(piling_up, timeout_s=10, step_s=0.05)
+            await pending_writes_reach(service, 20)
             sent_at = anyio.current_time()
             service.proc.send_signal(signal.SIGTERM)
             code = await service.wait_exit(10)
@@ -195,6 +192,7 @@ async def test_ha_after_redis_loses_its_data_one_instance_streams(
             return False
 
         tg.start_soon(server.wait_until, observe)
+
         # The old leader's renewal (every 0.6 s) fails on identity and it steps down; whoever
         # takes the lease next holds back for a while before streaming (its history is unknown),
         # so for a moment both are standby. Wait for that hand-over first: right after the

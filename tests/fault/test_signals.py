@@ -12,8 +12,14 @@ import pytest
 from adapters.alpaca_compatible_server.config import ServerConfig
 from adapters.redis.reader import PriceReader
 from tests.conditions import wait_for
-from tests.e2e.service_process import metric_total
-from tests.fault.helpers import NewestPrices, alpaca_server, service_process, subscribe_prices
+from tests.fault.helpers import (
+    NewestPrices,
+    alpaca_server,
+    pending_writes_reach,
+    service_process,
+    signal_and_wait_clean_exit,
+    subscribe_prices,
+)
 from tests.redis_servers import RedisServer
 
 pytestmark = [pytest.mark.fault, pytest.mark.redis, pytest.mark.e2e]
@@ -43,18 +49,9 @@ async def test_sighup_under_load_leaves_like_sigterm(
         await tg.start(subscribe_prices, reader, SYMBOLS, seen)
         await wait_for(lambda: seen.received >= 2_000 and len(seen.newest) == len(SYMBOLS))
 
-        sent_at = anyio.current_time()
-        service.proc.send_signal(signal.SIGHUP)
-        code = await service.wait_exit(5)
-        took = anyio.current_time() - sent_at
-
-        cached = await reader.get_many(SYMBOLS)
-        await wait_for(
-            lambda: all(s in cached and seen.newest.get(s) == cached[s].price for s in SYMBOLS),
-            timeout_s=5,
+        code, took = await signal_and_wait_clean_exit(
+            service, server, reader, seen, SYMBOLS, signal.SIGHUP
         )
-        with anyio.fail_after(5):
-            await server.wait_until(lambda: 1000 in server.stats.client_close_codes)
         tg.cancel_scope.cancel()
 
     log = service.log()
@@ -83,11 +80,7 @@ async def test_a_second_sigterm_exits_at_once_and_logs_how_many_prices_were_drop
         )
         own_redis_server.pause()
         try:
-
-            async def piling_up() -> bool:
-                return metric_total(await service.metrics(), "mds_pending_writes") >= 50
-
-            await wait_for(piling_up, timeout_s=10, step_s=0.05)
+            await pending_writes_reach(service, 50)
             service.proc.send_signal(signal.SIGTERM)
             await wait_for(lambda: "received SIGTERM: shutting down" in service.log(), 5)
             sent_at = anyio.current_time()
