@@ -353,6 +353,18 @@ def cmd_chaos(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A reader that goes away (`mds --help | head -1`, `mds watch X | head`)
+    ends mds quietly with 128 + SIGPIPE, as Unix tools do, not with a BrokenPipeError traceback."""
+    try:
+        return _dispatch(argv)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print((__doc__ or "").replace("``", ""))

@@ -47,6 +47,33 @@ def test_every_command_has_help(command: str) -> None:
     assert result.returncode == 0 and "usage" in result.stdout.lower()
 
 
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        ((), 128 + signal.SIGPIPE),
+        (("--help",), 128 + signal.SIGPIPE),
+        # argparse's own help ignores a write error on stdout and exits 0: quiet as well
+        (("bench", "--help"), 0),
+        (("stream-server", "--help"), 0),
+    ],
+)
+def test_a_reader_that_goes_away_gets_no_traceback(args: tuple[str, ...], code: int) -> None:
+    """`mds --help | head -1`: the pipe's reader is gone before mds writes. mds stops quietly
+    (128 + SIGPIPE, as `yes | head` does) instead of a BrokenPipeError traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before mds starts: its first write meets EPIPE, every time
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "entrypoints.cli", *args],
+            cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "BrokenPipeError" not in result.stderr, result.stderr
+    assert result.returncode == code
+
+
 def test_unknown_command_is_refused() -> None:
     result = mds("frobnicate")
     assert result.returncode == 2 and "unknown command" in result.stderr
