@@ -3,6 +3,7 @@ a test would fail on any other backend), plus the real hypercorn server on a loo
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -416,16 +417,16 @@ async def test_odd_input_never_gives_a_server_error(text: str, raw: bytes) -> No
 
 async def test_serve_http_binds_answers_and_stops_on_cancel(view: FakeView) -> None:
     app = create_app(view)
+    # Stops at once with nothing in flight: a graceful wait of an hour would trip the guard.
+    serve = functools.partial(serve_http, graceful_timeout_s=3600.0)
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            binds = await tg.start(serve_http, app, "127.0.0.1", 0)
+            binds = await tg.start(serve, app, "127.0.0.1", 0)
             assert len(binds) == 1 and binds[0].startswith("http://127.0.0.1:")
             async with httpx.AsyncClient(base_url=binds[0]) as c:
                 r = await c.get("/prices/AAPL")
                 assert r.status_code == 200 and r.json()["mid"] == 150.26
             tg.cancel_scope.cancel()
-            start = anyio.current_time()
-        assert anyio.current_time() - start < 2.0
 
 
 async def test_cancel_lets_a_request_in_flight_finish(view: FakeView) -> None:

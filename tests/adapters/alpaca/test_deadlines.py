@@ -27,6 +27,9 @@ from tests.fault.helpers import alpaca_server
 GUARD_S = 10.0
 DEADLINE_S = 0.4
 SLACK_S = 1.5  # scheduling on a loaded 2-core machine; the old code hung for ever
+# A timeout no test waits out: code that fell back to it would trip GUARD_S instead (how the
+# "promptly, not by the timeout" tests say so without a wall-clock bound that fails under load).
+NEVER_S = 3600.0
 DRIP_S = 0.05  # one byte every 50 ms: any Alpaca frame takes seconds
 
 
@@ -132,10 +135,11 @@ async def test_a_peer_that_closes_during_the_upgrade_fails_at_once() -> None:
 
     with trio.fail_after(GUARD_S):
         async with hostile_peer(hang_up) as peer:
-            took = await connect_fails(
-                fast(peer.url(), connect_timeout_s=5.0), FeedUnavailable, "during the HTTP upgrade"
+            await connect_fails(  # at once: not the connect timeout (NEVER_S)
+                fast(peer.url(), connect_timeout_s=NEVER_S),
+                FeedUnavailable,
+                "during the HTTP upgrade",
             )
-    assert took < 1.0  # not the 5 s connect timeout
 
 
 async def test_an_http_rejection_at_the_upgrade_is_unavailable_with_its_status() -> None:
@@ -148,11 +152,9 @@ async def test_an_http_rejection_at_the_upgrade_is_unavailable_with_its_status()
 
     with trio.fail_after(GUARD_S):
         async with hostile_peer(reject) as peer:
-            start = trio.current_time()
-            with pytest.raises(FeedUnavailable) as caught:
-                async with fast(peer.url(), connect_timeout_s=5.0).connect():
+            with pytest.raises(FeedUnavailable) as caught:  # at once: not at NEVER_S
+                async with fast(peer.url(), connect_timeout_s=NEVER_S).connect():
                     pass
-            assert trio.current_time() - start < 1.0
             await released(peer.connections[0])
     assert caught.value.code == 429
     assert caught.value.min_delay == 7.0
@@ -257,50 +259,47 @@ async def test_a_server_close_is_answered_and_the_socket_released_at_once() -> N
     until we answer and hang up. The client answers the close frame (echoing 1001) and closes
     TCP at once, so the venue frees the account's single slot. The old adapter answered but
     never closed its socket (leaked until garbage collection)."""
-    closed_at: list[float] = []
 
     async def close_first(conn: PeerConnection) -> None:
         await conn.greet_and_authenticate()
         await conn.next_action()
         await conn.send_json([{"T": "subscription", "quotes": ["AAPL"]}])
-        closed_at.append(trio.current_time())
         await conn.close(1001, "maintenance")
         await conn.read_until_eof()
 
     with trio.fail_after(GUARD_S):
         async with hostile_peer(close_first) as peer:
-            async with fast(peer.url(), close_timeout_s=5.0).connect() as session:
+            # At once, not at the close timeout: waiting out NEVER_S would trip the guard.
+            async with fast(peer.url(), close_timeout_s=NEVER_S).connect() as session:
                 await session.subscribe(Subscriptions.quotes({"AAPL"}))
                 with pytest.raises(FeedDisconnected, match="1001"):
                     async for _ in session.events():
                         pass
             conn = peer.connections[0]
-            await released(conn)
+            await conn.wait_for(lambda: conn.eof_at is not None)
     assert conn.close_code == 1001
     assert conn.close_at is not None and conn.eof_at is not None
-    assert conn.close_at - closed_at[0] < 0.5
-    assert conn.eof_at - closed_at[0] < 0.5  # not the 5 s close timeout
+    assert conn.close_at <= conn.eof_at  # answered the close frame, then hung up
 
 
 async def test_after_a_server_close_the_immediate_reconnect_is_not_refused_406() -> None:
     """Against the local Alpaca-compatible server (one session per key): it closes the session
     with 1001; the client's answer ends it at once and the next connect authenticates."""
-    config = ServerConfig(rate=200, batch=10, bar_interval_s=None, close_timeout_s=5.0)
+    # The server's close handshake completes, not its close timeout: waiting out NEVER_S (on
+    # either side) would trip the guard.
+    config = ServerConfig(rate=200, batch=10, bar_interval_s=None, close_timeout_s=NEVER_S)
     with trio.fail_after(GUARD_S):
         async with alpaca_server(config) as server:
-            feed = fast(f"{server.url}/v2/iex", close_timeout_s=5.0)
+            feed = fast(f"{server.url}/v2/iex", close_timeout_s=NEVER_S)
             async with feed.connect() as session:
                 await session.subscribe(Subscriptions.quotes({"AAPL"}))
                 (live,) = server.sessions.values()
-                stopped_at = trio.current_time()
                 live.stop()
                 with pytest.raises(FeedDisconnected, match="1001"):
                     async for _ in session.events():
                         pass
             await server.wait_until(lambda: not server.sessions)
-            ended = trio.current_time() - stopped_at
             async with feed.connect() as again:
                 ack = await again.subscribe(Subscriptions.quotes({"AAPL"}))
             assert ack.confirmed.symbols() == {"AAPL"}
             assert server.stats.errors_sent[406] == 0
-    assert ended < 1.0  # the server's close handshake completed, not its 5 s timeout

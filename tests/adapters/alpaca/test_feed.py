@@ -29,6 +29,9 @@ from tests.adapters.alpaca.fake_server import Script, ServerConnection, fake_alp
 from tests.adapters.alpaca.proxy import freezable_proxy
 
 GUARD_S = 10.0
+# A timeout no test waits out: a path that fell back to it would trip GUARD_S instead. Tests use
+# it for "promptly, not by the timeout" instead of a wall-clock bound that fails under load.
+NEVER_S = 3600.0
 
 
 def make_feed(url: str, **overrides: Any) -> AlpacaQuoteFeed:
@@ -81,10 +84,9 @@ async def test_header_auth_sends_no_auth_message(reply: str) -> None:
     ``authenticated`` may follow ``connected`` in its own frame or share it."""
     with trio.fail_after(GUARD_S):
         async with fake_alpaca(Script(header_auth=reply)) as server:
-            feed = make_feed(server.url, auth="header")
-            started = trio.current_time()
+            # No fallback wait: with it, the connect would sit out NEVER_S and trip the guard.
+            feed = make_feed(server.url, auth="header", header_auth_wait_s=NEVER_S)
             async with feed.connect() as session:
-                assert trio.current_time() - started < 1.0  # no fallback wait
                 conn = server.last
                 assert conn.headers["apca-api-key-id"] == KEY
                 assert conn.headers["apca-api-secret-key"] == SECRET
@@ -194,7 +196,7 @@ async def test_no_auth_answer_times_out_as_unavailable() -> None:
             with pytest.raises(FeedUnavailable, match="not authenticated within"):
                 async with make_feed(server.url, auth_timeout_s=0.3).connect():
                     pass
-            assert trio.current_time() - start < 2.0
+            assert trio.current_time() - start >= 0.3  # its deadline, not an earlier one
             await server.wait_for(lambda: server.last.closed.is_set())
             assert server.last.close_code == 1000  # closed cleanly even on failure
 
@@ -559,7 +561,7 @@ async def test_silence_while_subscribed_raises_feed_stalled() -> None:
                 async for _ in session.events():
                     pass
             waited = trio.current_time() - subscribed_at
-    assert 0.35 <= waited < 1.5
+    assert waited >= 0.35  # from the subscription, not from the connect (0.6 s earlier)
 
 
 async def test_frozen_connection_fails_on_ping_timeout() -> None:
@@ -572,11 +574,9 @@ async def test_frozen_connection_fails_on_ping_timeout() -> None:
                 await session.subscribe(Subscriptions.quotes({"AAPL"}))
                 await trio.sleep(0.5)  # pings answered while traffic flows
                 proxy.freeze()
-                frozen_at = trio.current_time()
-                with pytest.raises(FeedDisconnected, match="no pong"):
+                with pytest.raises(FeedDisconnected, match="no pong"):  # the ping deadline
                     async for _ in session.events():
                         pass
-                assert trio.current_time() - frozen_at < 1.5
             proxy.thaw()
 
 
@@ -587,11 +587,10 @@ async def test_server_drop_surfaces_promptly_and_a_new_connect_works() -> None:
             async with feed.connect() as session:
                 await session.subscribe(Subscriptions.quotes({"AAPL"}))
                 await server.last.ws.aclose(1011, "going away")
-                dropped_at = trio.current_time()
+                # The server's close code: the close frame ended it, not a ping timeout (5 + 5 s).
                 with pytest.raises(FeedDisconnected, match="1011"):
                     async for _ in session.events():
                         pass
-                assert trio.current_time() - dropped_at < 1.0
             async with feed.connect() as again:
                 ack = await again.subscribe(Subscriptions.quotes({"AAPL"}))
                 await server.last.send([quote("AAPL")])
@@ -618,14 +617,13 @@ async def test_leaving_sends_a_close_frame() -> None:
 async def test_cancellation_still_sends_a_close_frame() -> None:
     with trio.fail_after(GUARD_S):
         async with fake_alpaca() as server:
+            # Not the whole close timeout: waiting out NEVER_S would trip the guard.
             with trio.CancelScope() as scope:
-                async with make_feed(server.url).connect() as session:
+                async with make_feed(server.url, close_timeout_s=NEVER_S).connect() as session:
                     await session.subscribe(Subscriptions.quotes({"AAPL"}))
-                    cancelled_at = trio.current_time()
                     scope.cancel()
                     await trio.sleep_forever()
             assert scope.cancelled_caught
-            assert trio.current_time() - cancelled_at < 0.5  # not the whole close timeout
             await server.last.closed.wait()
             assert server.last.close_code == 1000
 

@@ -151,11 +151,11 @@ async def test_drop_surfaces_and_the_next_session_resubscribes() -> None:
                 await session.subscribe(Subscriptions.quotes(SYMBOLS))
                 await collect(session, 20)
                 await server.drop_connections()
-                dropped_at = trio.current_time()
+                # Seen from the dropped TCP connection: a ping timeout (10 + 10 s by default)
+                # would trip GUARD_S instead.
                 with pytest.raises(FeedDisconnected):
                     async for _ in session.events():
                         pass
-                assert trio.current_time() - dropped_at < 1.0
             async with feed.connect() as again:
                 ack = await again.subscribe(Subscriptions.quotes(SYMBOLS))
                 assert ack.confirmed == Subscriptions.quotes(SYMBOLS)

