@@ -92,6 +92,7 @@ class KeepConnected:
                 added = to_add + retry
                 await self._subscribe(session, added)
                 self._note_unconfirmed(session)
+                self._status.note_subscribed(self._clock.now_ns())
                 if added and self._on_subscribed is not None:
                     self._on_subscribed(frozenset(added) & self._status.confirmed)
             except RetryableFeedError as e:
@@ -158,6 +159,7 @@ class KeepConnected:
             await self._run(task_status)
         finally:
             # Cancelled (shutdown, or leadership lost): not connected any more.
+            self._status.data_expected_since_ns = None
             if not self._status.connection.failed:
                 self._status.confirmed = frozenset()
                 self._status.set_state(ConnectionState.DISCONNECTED)
@@ -178,6 +180,7 @@ class KeepConnected:
                         self._session = session
                         await self._subscribe(session, self._ranked)
                         self._note_unconfirmed(session)
+                    status.note_subscribed(self._clock.now_ns())
                     status.set_state(ConnectionState.CONNECTED)
                     connected = had_session = True
                     if self._on_subscribed is not None and status.confirmed:

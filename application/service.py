@@ -26,7 +26,7 @@ from domain.backoff import BackoffPolicy
 from domain.connection import ConnectionState
 from domain.errors import FatalFeedError, FatalStoreError, PositionSourceError
 from domain.features import FeatureHealth
-from domain.staleness import DEFAULT_MAX_FUTURE_SKEW_S
+from domain.staleness import DEFAULT_MAX_FUTURE_SKEW_S, is_silent
 from domain.subscriptions import SubscriptionPlan
 from ports.clock import Clock
 from ports.event_bus import POSITIONS_CHANGED_CHANNEL, EventBus
@@ -49,6 +49,9 @@ class ServiceConfig:
     shutdown_flush_s: float = 1.0
     max_pending: int = 50_000
     max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
+    # A connected, subscribed stream without data for longer than this makes /health degraded
+    # (MDS_DATA_TIMEOUT, the data watchdog's threshold). None: silence is never a fault.
+    stall_after_s: float | None = None
     source: str = ""
     """The feed's name, published as the price's ``exchange`` (``IEX``, ``SIP``, ``SIM``...)."""
     # Per-class symbol limits of the streams (a class not named here gets ``symbol_limit``).
@@ -199,7 +202,36 @@ class MarketDataService:
         known = [t for t in times if t is not None]
         return max(known) if known else None
 
+    def silent_streams(self) -> list[tuple[Stream, float]]:
+        """The streams that are connected and subscribed but got no data for longer than
+        ``stall_after_s``, with their silence in seconds (a stall between the data watchdog's
+        reconnects: the silence is measured across them). A standby streams nothing."""
+        limit = self.config.stall_after_s
+        if limit is None or self.status.role is Role.STANDBY:
+            return []
+        now = self.clock.now_ns()
+        out: list[tuple[Stream, float]] = []
+        for stream in self.streams:
+            silent = stream.status.silent_s(now)
+            if silent is not None and is_silent(silent, limit):
+                out.append((stream, silent))
+        return out
+
+    def silence_detail(self, stream: Stream, silent_s: float) -> str:
+        """A silent stream, in words (the /health detail)."""
+        who = "feed" if self.single else f"{stream.name} stream"
+        return (
+            f"{who}: no data for {silent_s:.1f} s while subscribed "
+            f"(stall threshold MDS_DATA_TIMEOUT {self.config.stall_after_s:g} s)"
+        )
+
     def health(self) -> Health:
+        health = self._health()
+        if health is Health.HEALTHY and self.silent_streams():
+            return Health.DEGRADED
+        return health
+
+    def _health(self) -> Health:
         status = self.status
         if self.single:
             return status.health()

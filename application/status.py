@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from domain.connection import ConnectionState, ConnectionStateMachine
 from domain.features import FeatureHealth
+from domain.staleness import silence_s
 
 FUTURE_REFUSAL_DEGRADED_S = 10.0
 """How long /health stays degraded after a quote was refused as stamped in the future."""
@@ -45,6 +46,10 @@ class ServiceStatus:
     reconnect_attempts: int = 0  # consecutive failed attempts since the last healthy session
     reconnects: int = 0  # every reconnect since start
     last_message_ns: int | None = None  # wall time of the last frame received
+    # Wall time since which data is expected: set when the stream first has confirmed symbols,
+    # kept across reconnects (a watchdog reconnect to a silent venue is no fresh start),
+    # cleared when the stream stops (no symbols, leadership lost, shutdown).
+    data_expected_since_ns: int | None = None
     connected_since: float | None = None
     store: StoreState = StoreState.OK
     store_error: str | None = None
@@ -97,6 +102,22 @@ class ServiceStatus:
         if not self.connected or self.store is not StoreState.OK or self.features.failing:
             return Health.DEGRADED
         return Health.HEALTHY
+
+    def note_subscribed(self, now_ns: int) -> None:
+        """After a subscribe or unsubscribe: data is expected from ``now_ns`` on if symbols
+        are now confirmed and were not expected before; with none confirmed, none is."""
+        if not self.confirmed:
+            self.data_expected_since_ns = None
+        elif self.data_expected_since_ns is None:
+            self.data_expected_since_ns = now_ns
+
+    def silent_s(self, now_ns: int) -> float | None:
+        """Seconds without data while connected and subscribed; None when no data is expected
+        (not connected: /health is degraded for that already; nothing subscribed)."""
+        since = self.data_expected_since_ns
+        if since is None or not self.connected or not self.confirmed:
+            return None
+        return silence_s(self.last_message_ns, since, now_ns)
 
     def future_refusal_detail(self, now: float) -> str | None:
         """Why /health is degraded by future-stamped quotes, while the last one is recent."""

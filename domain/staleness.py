@@ -74,3 +74,19 @@ class AgedPrice(NamedTuple):
         if too_far_ahead(price.ts_event_ns, now_ns, skew_ns(max_future_skew_s)):
             return cls(price, age, True)
         return cls(price, 0.0, False)
+
+
+def silence_s(last_data_ns: int | None, expected_since_ns: int, now_ns: int) -> float:
+    """Seconds a subscribed stream has gone without data at ``now_ns``: since its last data, or
+    since data was first expected (``expected_since_ns``: the stream got its symbols) when
+    none has come since. Never negative (clocks read a few ns apart)."""
+    start = expected_since_ns if last_data_ns is None else max(last_data_ns, expected_since_ns)
+    return max(0.0, (now_ns - start) / NS_PER_SECOND)
+
+
+def is_silent(silent_s: float, stall_after_s: float | None) -> bool:
+    """True when a subscribed stream's silence counts as a stall: it lasted longer than
+    ``stall_after_s`` (MDS_DATA_TIMEOUT: the operator's word that these symbols trade, the
+    data watchdog's threshold too). ``None``: quiet streams are normal (closed markets,
+    quiet symbols), silence is never a fault."""
+    return stall_after_s is not None and silent_s > stall_after_s

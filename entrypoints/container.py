@@ -188,6 +188,7 @@ def service_config(settings: Settings) -> ServiceConfig:
         sync_interval_s=settings.position_sync_interval_s,
         symbol_limit=settings.symbol_limit,
         max_future_skew_s=settings.max_future_skew_s,
+        stall_after_s=settings.data_timeout_s or None,
         backoff=BackoffPolicy(
             base_s=settings.reconnect_base_delay_s,
             cap_s=settings.reconnect_max_delay_s,

@@ -390,9 +390,10 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         validation_alias="MDS_DATA_TIMEOUT",
         description=(
-            "Data watchdog: reconnect when nothing arrives for this long while subscribed. "
-            "`0`: off (the stream is silent outside market hours, so only set it, e.g. `60`, "
-            "where the symbols are busy)."
+            "Data watchdog: reconnect when nothing arrives for this long while subscribed, and "
+            "say `degraded` in /health (detail: which stream, no data for how long) from then "
+            "until data flows again, across the reconnects. `0`: off (the stream is silent "
+            "outside market hours, so only set it, e.g. `60`, where the symbols are busy)."
         ),
     )
     allow_insecure_ws: bool = Field(

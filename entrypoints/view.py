@@ -65,6 +65,10 @@ class ServiceViewAdapter:
             detail = "connected, but no symbol subscribed"
         elif status.left_out:
             detail = f"{len(status.left_out)} symbols left out by the symbol limit"
+        silent = service.silent_streams()
+        if silent:
+            quiet = "; ".join(service.silence_detail(stream, s) for stream, s in silent)
+            detail = quiet if detail is None else f"{detail}; {quiet}"
         missing = self._unconfirmed()
         if missing:
             shown = ", ".join(sorted(missing)[:10])
@@ -83,6 +87,7 @@ class ServiceViewAdapter:
             if health is Health.HEALTHY:
                 health = Health.DEGRADED
         last = service.last_message_ns()
+        silences = {stream.name: service.silence_detail(stream, s) for stream, s in silent}
         return HealthInfo(
             status=health.value,
             websocket_connected=connected,
@@ -95,7 +100,10 @@ class ServiceViewAdapter:
             role=status.role.value,
             ready=ready and health is not Health.FAILED,
             detail=detail,
-            streams={stream.name: _stream_health(stream) for stream in service.streams},
+            streams={
+                stream.name: _stream_health(stream, silences.get(stream.name))
+                for stream in service.streams
+            },
         )
 
     async def get_prices(self, symbols: Sequence[str]) -> Mapping[str, AgedPrice]:
@@ -138,7 +146,7 @@ class ServiceViewAdapter:
         return self.subscriptions()
 
 
-def _stream_health(stream: Stream) -> dict[str, object]:
+def _stream_health(stream: Stream, silence: str | None) -> dict[str, object]:
     st = stream.status
     last = st.last_message_ns
     if stream.disabled is not None:
@@ -155,5 +163,5 @@ def _stream_health(stream: Stream) -> dict[str, object]:
         "reconnects": st.reconnects,
         "reconnect_attempts": st.reconnect_attempts,
         "last_message_time": format_ns(last) if last is not None else None,
-        "detail": stream.disabled,
+        "detail": stream.disabled if stream.disabled is not None else silence,
     }

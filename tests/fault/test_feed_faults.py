@@ -330,6 +330,53 @@ async def test_malformed_frames_are_counted_and_every_good_quote_is_priced(
     assert health is not None and health["status"] == "healthy"
 
 
+# --- a stall: data stops, pings answered ------------------------------------------------------
+
+STALL_THRESHOLD_S = 2.0
+
+
+async def test_a_stall_keeps_health_degraded_across_watchdog_reconnects_until_data_flows(
+    tmp_path: Path, own_redis_server: RedisServer
+) -> None:
+    """The venue stops sending data but answers pings (MDS_DATA_TIMEOUT=2). /health leaves
+    healthy within the threshold (plus sampling slack) and, sampled every 0.1 s for 6 s, never
+    says healthy again while the venue is silent, although the data watchdog reconnects twice
+    and each new session is connected and subscribed (was: healthy between reconnects). The
+    detail says how long there has been no data. Data again: healthy."""
+    async with (
+        alpaca_server(STREAM) as server,
+        service_process(
+            tmp_path,
+            server,
+            own_redis_server.url,
+            MDS_SYMBOLS=",".join(SYMBOLS),
+            MDS_DATA_TIMEOUT=f"{STALL_THRESHOLD_S:g}",
+            **BACKOFF,
+        ) as service,
+    ):
+        await wait_streaming(server, service)
+        accepted = server.stats.connections_accepted
+        server.faults.stall = True
+        stalled_at = anyio.current_time()
+        await service.wait_health(lambda h: h["status"] != "healthy", timeout_s=10)
+        left_after = anyio.current_time() - stalled_at
+        samples: list[tuple[float, object, object]] = []
+        while anyio.current_time() - stalled_at < left_after + 6.0:
+            h = await service.health()
+            t = anyio.current_time() - stalled_at
+            samples.append((t, h and h["status"], h and h["detail"]))
+            await anyio.sleep(0.1)
+        reconnects = server.stats.connections_accepted - accepted
+        server.faults.stall = False
+        await service.wait_health(lambda h: h["status"] == "healthy", timeout_s=15)
+
+    assert left_after <= STALL_THRESHOLD_S + 1.5, left_after  # loaded machine: sampling slack
+    assert reconnects >= 2, reconnects  # the watchdog did reconnect meanwhile
+    healthy = [round(t, 1) for t, status, _ in samples if status == "healthy"]
+    assert healthy == [], f"/health said healthy during the stall at {healthy} s"
+    assert any("stream: no data for" in str(detail) for _, _, detail in samples), samples
+
+
 # --- an endpoint that accepts TCP and never answers the upgrade --------------------------------
 
 
