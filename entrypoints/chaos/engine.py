@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -42,7 +43,6 @@ from entrypoints.testbed.helpers import PositionsGateway, alpaca_server
 from entrypoints.testbed.redis_servers import (
     RedisClusterHandle,
     RedisServer,
-    free_port,
     start_cluster,
     start_server,
 )
@@ -514,11 +514,22 @@ class Injector:
         return Active("redis.oom", clear)
 
     async def _redis_readonly(self) -> Active:
-        nobody = free_port()  # a master that is not there: the server stays a read-only replica
-        await self._config("REPLICAOF", "127.0.0.1", str(nobody))
+        # A master that is not there, so the server stays a read-only replica. The port is held
+        # (bound, never listening) until the fault clears: a port merely found free could be
+        # taken by another process's Redis, and ours would then sync (and lose) its data.
+        held = socket.socket()
+        try:
+            held.bind(("127.0.0.1", 0))
+            await self._config("REPLICAOF", "127.0.0.1", str(held.getsockname()[1]))
+        except BaseException:
+            held.close()
+            raise
 
         async def clear() -> None:
-            await self._config("REPLICAOF", "NO", "ONE")
+            try:
+                await self._config("REPLICAOF", "NO", "ONE")
+            finally:
+                held.close()
 
         return Active("redis.readonly", clear)
 

@@ -138,6 +138,11 @@ class RedisServer:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def tls_port(self) -> int:
+        """The TLS port this server listens on (asked on its plain port; 0 when none)."""
+        with self.client(decode_responses=True) as c:
+            return int(c.config_get("tls-port")["tls-port"])
+
     @property
     def log(self) -> Path:
         return self.directory / f"redis-{self.port}.log"
@@ -237,11 +242,17 @@ class RedisServer:
 def start_server(
     directory: Path | None = None,
     *,
-    extra_args: tuple[str, ...] = (),
+    extra_args: tuple[str, ...] | Callable[[], tuple[str, ...]] = (),
     with_cluster_bus: bool = False,
     config_file: Path | None = None,
 ) -> RedisServer:
-    """Start a redis-server on a free port (retrying if another process grabs the port)."""
+    """Start a redis-server on a free port (retrying if another process grabs the port).
+
+    redis-server cannot listen on port 0 and report the port (``--port 0`` and ``--tls-port 0``
+    disable the listener), so a port is picked, and another is tried when the server exits at
+    start-up because someone took it meanwhile. ``extra_args`` may be a function called for
+    each attempt, so that ports it names (``--tls-port``) are picked again too; read such a
+    port back from the server (:meth:`RedisServer.tls_port`)."""
     _binary("redis-server")
     base = directory or Path(tempfile.mkdtemp(prefix="mds-redis-"))
     last: Exception | None = None
@@ -249,7 +260,8 @@ def start_server(
         port = free_port(with_cluster_bus=with_cluster_bus)
         server_dir = base / str(port)
         server_dir.mkdir(parents=True, exist_ok=True)
-        server = RedisServer(port, server_dir, extra_args, config_file)
+        args = extra_args() if callable(extra_args) else extra_args
+        server = RedisServer(port, server_dir, args, config_file)
         try:
             server.start()
         except RedisServerExited as e:  # port race: try another one
@@ -360,15 +372,16 @@ def start_sentinel(
     master_name: str = "mds-master",
     directory: Path | None = None,
     *,
-    master_args: tuple[str, ...] = (),
-    monitored_port: int | None = None,
+    master_args: tuple[str, ...] | Callable[[], tuple[str, ...]] = (),
+    monitor_tls_port: bool = False,
     sentinel_conf: str = "",
 ) -> RedisSentinelHandle:
     """Start a master and a sentinel (``redis-server <conf> --sentinel``) that knows it.
 
-    ``master_args`` go to the master's command line; the sentinel monitors (and so hands out)
-    ``monitored_port`` (default: the master's port); ``sentinel_conf`` is appended to its
-    config file (e.g. TLS settings for reaching a master's TLS port)."""
+    ``master_args`` go to the master's command line (as ``extra_args`` of :func:`start_server`);
+    the sentinel monitors (and so hands out) the master's port, or its TLS port with
+    ``monitor_tls_port``; ``sentinel_conf`` is appended to its config file (e.g. TLS settings
+    for reaching a master's TLS port)."""
     base = directory or Path(tempfile.mkdtemp(prefix="mds-redis-sentinel-"))
     master = start_server(base / "master", extra_args=master_args)
     try:
@@ -376,8 +389,9 @@ def start_sentinel(
         sentinel_dir.mkdir(parents=True, exist_ok=True)
         conf = sentinel_dir / "sentinel.conf"
         # Sentinel rewrites its config file, so it must be a writable file of its own.
+        monitored = master.tls_port() if monitor_tls_port else master.port
         conf.write_text(
-            f"sentinel monitor {master_name} 127.0.0.1 {monitored_port or master.port} 1\n"
+            f"sentinel monitor {master_name} 127.0.0.1 {monitored} 1\n"
             f"sentinel down-after-milliseconds {master_name} 5000\n" + sentinel_conf
         )
         sentinel = _start_sentinel_process(sentinel_dir, conf, master_name)

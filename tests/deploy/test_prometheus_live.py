@@ -16,7 +16,6 @@ import httpx
 
 from adapters.alpaca_compatible_server.config import ServerConfig
 from entrypoints.testbed.helpers import alpaca_server, service_process
-from entrypoints.testbed.redis_servers import free_port
 from tests.conditions import wait_for
 from tests.deploy.test_prometheus_rules import RULES
 from tests.deploy.tools import need
@@ -29,14 +28,19 @@ def _fast_rules(target: Path) -> None:
     target.write_text(text)
 
 
-def _start_prometheus(binary: str, workdir: Path, port: int) -> subprocess.Popen[bytes]:
+# Prometheus binds port 0 and logs the port it got (checked with 2.42):
+#   ... msg="Listening on" address=127.0.0.1:45177
+LISTENING = re.compile(r'msg="Listening on" address=127\.0\.0\.1:(\d+)')
+
+
+def _start_prometheus(binary: str, workdir: Path) -> subprocess.Popen[bytes]:
     with (workdir / "prometheus.log").open("wb") as log:
         return subprocess.Popen(
             [
                 binary,
                 f"--config.file={workdir / 'prometheus.yml'}",
                 f"--storage.tsdb.path={workdir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.listen-address=127.0.0.1:0",
             ],
             stdout=log,
             stderr=log,
@@ -71,9 +75,13 @@ async def test_feed_disconnect_alert_goes_pending_then_firing(tmp_path: Path) ->
                     "scrape_configs:\n"
                     f"  - job_name: mds\n    static_configs: [{{targets: ['{target}']}}]\n"
                 )
-                port = free_port()
-                proc = _start_prometheus(prometheus, tmp_path, port)
+                proc = _start_prometheus(prometheus, tmp_path)
                 try:
+                    log = tmp_path / "prometheus.log"
+                    await wait_for(lambda: LISTENING.search(log.read_text()) is not None, 30)
+                    found = LISTENING.search(log.read_text())
+                    assert found is not None
+                    port = int(found.group(1))
                     async with httpx.AsyncClient(
                         base_url=f"http://127.0.0.1:{port}", timeout=5
                     ) as prom:

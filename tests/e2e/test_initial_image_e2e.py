@@ -4,7 +4,6 @@ Redis. Every class is priced from the snapshot alone, then again after a reconne
 
 from __future__ import annotations
 
-import socket
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +15,7 @@ from adapters.alpaca_compatible_server.config import Faults, ServerConfig
 from adapters.redis.reader import PriceReader
 from entrypoints.testbed.helpers import alpaca_server, service_process
 from tests.conditions import wait_for
+from tests.ports import refused_port
 from tests.redis_servers import RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -77,27 +77,27 @@ async def test_symbols_the_stream_never_quotes_are_priced_from_the_local_servers
 async def test_an_unreachable_rest_api_never_holds_the_stream(
     tmp_path: Path, own_redis_server: RedisServer
 ) -> None:
-    with socket.socket() as closed:  # a port nobody listens on: every REST call is refused
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    async with (
-        alpaca_server(ServerConfig(rate=200, batch=5, seed=3, bar_interval_s=None)) as server,
-        service_process(
-            tmp_path,
-            server,
-            own_redis_server.url,
-            MDS_SYMBOLS="AAPL,MSFT",
-            MDS_INITIAL_IMAGE="true",
-            ALPACA_DATA_URL=f"http://127.0.0.1:{port}",
-        ) as service,
-        PriceReader(own_redis_server.url) as reader,
-    ):
-        await service.wait_health(lambda h: h["status"] == "healthy")
+    # Held for the whole test (bound, never listening): every REST call is refused. (A port
+    # closed again at once could be taken by another process's server.)
+    with refused_port() as port:
+        async with (
+            alpaca_server(ServerConfig(rate=200, batch=5, seed=3, bar_interval_s=None)) as server,
+            service_process(
+                tmp_path,
+                server,
+                own_redis_server.url,
+                MDS_SYMBOLS="AAPL,MSFT",
+                MDS_INITIAL_IMAGE="true",
+                ALPACA_DATA_URL=f"http://127.0.0.1:{port}",
+            ) as service,
+            PriceReader(own_redis_server.url) as reader,
+        ):
+            await service.wait_health(lambda h: h["status"] == "healthy")
 
-        async def both_priced() -> bool:
-            return len(await reader.get_many(["AAPL", "MSFT"])) == 2
+            async def both_priced() -> bool:
+                return len(await reader.get_many(["AAPL", "MSFT"])) == 2
 
-        await wait_for(both_priced, timeout_s=10)
-        assert server.stats.rest_requests == 0
-        await wait_for(lambda: "symbols skipped" in service.log(), timeout_s=10)
-        assert (await service.metrics())["mds_snapshot_missing_total"] >= 2
+            await wait_for(both_priced, timeout_s=10)
+            assert server.stats.rest_requests == 0
+            await wait_for(lambda: "symbols skipped" in service.log(), timeout_s=10)
+            assert (await service.metrics())["mds_snapshot_missing_total"] >= 2

@@ -22,8 +22,9 @@ from adapters.alpaca_compatible_server.config import ServerConfig
 from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
 from adapters.redis import RedisConnection, RedisPriceCache
 from domain.price import Price
+from tests.ports import refused_port
 from tests.price_contract import check_http_price
-from tests.redis_servers import RedisServer, free_port
+from tests.redis_servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,13 +123,14 @@ async def test_record_writes_frames_that_replay_reads(tmp_path: Path) -> None:
 
 def test_record_leaves_no_empty_file_after_a_failed_connect(tmp_path: Path) -> None:
     out = tmp_path / "rec.jsonl"
-    env = {
-        "ALPACA_API_KEY": "k",
-        "ALPACA_SECRET_KEY": "s",
-        "ALPACA_STREAM_URL": f"ws://127.0.0.1:{free_port()}/v2/iex",  # nothing listens
-        "MDS_RECONNECT_MAX_ATTEMPTS": "1",
-    }
-    result = mds("record", str(out), "AAPL", "--seconds", "1", env=env)
+    with refused_port() as port:
+        env = {
+            "ALPACA_API_KEY": "k",
+            "ALPACA_SECRET_KEY": "s",
+            "ALPACA_STREAM_URL": f"ws://127.0.0.1:{port}/v2/iex",  # refused
+            "MDS_RECONNECT_MAX_ATTEMPTS": "1",
+        }
+        result = mds("record", str(out), "AAPL", "--seconds", "1", env=env)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr and "OSError(" not in result.stderr
     assert not out.exists()
@@ -205,8 +207,8 @@ def test_watch_shows_cached_and_live_prices_in_a_terminal(own_redis_server: Redi
 
 
 def test_watch_without_redis_says_so_and_exits_3() -> None:
-    port = free_port()  # nobody listens there
-    result = mds("watch", "AAPL", env={"REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    with refused_port() as port:
+        result = mds("watch", "AAPL", env={"REDIS_URL": f"redis://127.0.0.1:{port}/0"})
     assert result.returncode == 3
     assert "mds watch: Redis unavailable" in result.stderr and "Traceback" not in result.stderr
 

@@ -3,7 +3,6 @@ filtering, malformed input, liveness (watchdog, ping), clean close, and secrets.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ from ports.quote_feed import QuoteFeed
 from tests.adapters.alpaca.conftest import KEY, SECRET, LogRecords
 from tests.adapters.alpaca.fake_server import Script, ServerConnection, fake_alpaca
 from tests.adapters.alpaca.proxy import freezable_proxy
+from tests.ports import refused_port
 
 GUARD_S = 10.0
 # A timeout no test waits out: a path that fell back to it would trip GUARD_S instead. Tests use
@@ -225,10 +225,11 @@ async def test_http_429_at_upgrade_is_retryable(
 
 
 async def test_connection_refused_is_retryable() -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with trio.fail_after(GUARD_S), pytest.raises(FeedUnavailable, match="cannot connect"):
+    with (
+        refused_port() as port,
+        trio.fail_after(GUARD_S),
+        pytest.raises(FeedUnavailable, match="cannot connect"),
+    ):
         async with make_feed(f"ws://127.0.0.1:{port}/v2/iex").connect():
             pass
 

@@ -4,7 +4,6 @@ past the deadline."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
@@ -14,6 +13,7 @@ import pytest
 
 from adapters.http.position_source import AlpacaPositionSource, GatewayPositionSource
 from domain.errors import PositionSourceError
+from tests.ports import refused_port
 
 Handler = Callable[[anyio.abc.SocketStream, bytes], Awaitable[None]]
 
@@ -128,11 +128,8 @@ async def test_dripping_server_cannot_hold_the_caller_past_the_deadline() -> Non
 
 
 async def test_refused_connection_raises_position_source_error() -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    async with GatewayPositionSource(
-        f"http://127.0.0.1:{port}/positions", retries=1, backoff_s=0
-    ) as source:
-        with anyio.fail_after(10), pytest.raises(PositionSourceError, match="cannot reach"):
-            await source.open_position_symbols()
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}/positions"
+        async with GatewayPositionSource(url, retries=1, backoff_s=0) as source:
+            with anyio.fail_after(10), pytest.raises(PositionSourceError, match="cannot reach"):
+                await source.open_position_symbols()

@@ -28,7 +28,8 @@ from adapters.redis.lease import RedisLease
 from adapters.redis.price_cache import RedisPriceCache
 from tests.adapters.redis.helpers import price
 from tests.conditions import wait_for
-from tests.redis_servers import RedisServer, free_port, start_server
+from tests.ports import refused_port
+from tests.redis_servers import RedisServer, start_server
 
 pytestmark = pytest.mark.redis
 
@@ -116,8 +117,8 @@ async def test_out_of_memory_is_an_outage_for_writers_and_reads_go_on(
 
 async def test_read_only_replica_is_an_outage(debug_server: RedisServer) -> None:
     """The server became a replica (READONLY): writes are an outage, stale reads work."""
-    with admin(debug_server) as r:
-        r.replicaof("127.0.0.1", str(free_port()))
+    with admin(debug_server) as r, refused_port() as nobody:
+        r.replicaof("127.0.0.1", str(nobody))
         got = await roles(debug_server.url)
         assert got == {"start": "ok", "writer": "outage", "lease": "outage", "reader": "ok"}
         r.replicaof("NO", "ONE")
@@ -128,9 +129,9 @@ async def test_replica_without_master_and_no_stale_reads_is_an_outage(
     debug_server: RedisServer,
 ) -> None:
     """MASTERDOWN (replica-serve-stale-data no): every call, the start-up check too."""
-    with admin(debug_server) as r:
+    with admin(debug_server) as r, refused_port() as nobody:
         r.config_set("replica-serve-stale-data", "no")
-        r.replicaof("127.0.0.1", str(free_port()))
+        r.replicaof("127.0.0.1", str(nobody))
         got = await roles(debug_server.url)
         assert got == {"start": "ok", "writer": "outage", "lease": "outage", "reader": "outage"}
         r.replicaof("NO", "ONE")

@@ -3,6 +3,7 @@ with ``ConnectionError`` and the next call after the server is back succeeds."""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import redis
 from adapters.redis import RedisEventBus, RedisMode, RedisOptions, open_redis_store
 from tests.adapters.redis.helpers import T0, in_thread, price, unique
 from tests.conditions import receive, wait_for
-from tests.redis_servers import RedisClusterHandle, RedisServer, free_port
+from tests.redis_servers import RedisClusterHandle, RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -116,27 +117,33 @@ async def test_hung_server_times_out_and_subscriber_notices(
 
 
 async def test_starts_degraded_when_redis_is_down_and_recovers(tmp_path: Path) -> None:
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    with pytest.raises(ConnectionError):
-        async with open_redis_store(url, require_connection=True):
-            pass
-    async with open_redis_store(url) as store:  # default: start degraded, do not fail
-        s = unique("D")
+    # The port refuses connections (held: bound, never listening) until the server takes it.
+    # redis-server cannot be told "port 0, report it" (--port 0 disables TCP), and the store's
+    # URL must name the port before the server exists, so it is freed just before the start.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        url = f"redis://127.0.0.1:{port}/0"
         with pytest.raises(ConnectionError):
-            await store.cache.put_many([price(s, T0)])
-        with pytest.raises(ConnectionError):
-            await store.cache.get(s)
-        with pytest.raises(ConnectionError):
-            async with store.bus.subscribe([s]):
+            async with open_redis_store(url, require_connection=True):
                 pass
-        server = RedisServer(port, tmp_path)
-        try:
-            await in_thread(server.start)
-            assert list(await store.cache.put_many([price(s, T0)])) == [price(s, T0)]
-            assert await store.cache.get(s) == price(s, T0)
-        finally:
-            server.stop()
+        async with open_redis_store(url) as store:  # default: start degraded, do not fail
+            s = unique("D")
+            with pytest.raises(ConnectionError):
+                await store.cache.put_many([price(s, T0)])
+            with pytest.raises(ConnectionError):
+                await store.cache.get(s)
+            with pytest.raises(ConnectionError):
+                async with store.bus.subscribe([s]):
+                    pass
+            server = RedisServer(port, tmp_path)
+            try:
+                held.close()  # now the server's (a start failure here is that race, not a bug)
+                await in_thread(server.start)
+                assert list(await store.cache.put_many([price(s, T0)])) == [price(s, T0)]
+                assert await store.cache.get(s) == price(s, T0)
+            finally:
+                server.stop()
 
 
 async def test_cluster_node_killed_then_back(own_redis_cluster: RedisClusterHandle) -> None:

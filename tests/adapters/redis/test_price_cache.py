@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ports.event_bus import EventBus
 from ports.price_cache import PriceCache
 from tests.adapters.redis.helpers import T0, in_thread, price, unique
 from tests.conditions import receive
+from tests.ports import refused_port
 from tests.redis_servers import RedisServer, start_server
 
 pytestmark = pytest.mark.redis
@@ -153,9 +153,8 @@ async def test_errors_are_builtin_connection_errors_with_the_cause(
     default would sleep between up to 3 more attempts and hide the outage for seconds)."""
     slept: list[float] = []
     monkeypatch.setattr(redis.retry, "sleep", slept.append)  # the retry loop's only pause
-    with socket.socket() as held:  # bound, never listening: connections are refused
-        held.bind(("127.0.0.1", 0))
-        conn = RedisConnection(f"redis://127.0.0.1:{held.getsockname()[1]}/0")
+    with refused_port() as port:
+        conn = RedisConnection(f"redis://127.0.0.1:{port}/0")
         cache = RedisPriceCache(conn)
         with pytest.raises(ConnectionError) as info:
             await cache.put_many([price("X", T0)])

@@ -28,9 +28,10 @@ class Certificates:
     cert_file: Path
     key_file: Path
 
-    def server_args(self, tls_port: int) -> tuple[str, ...]:
+    def server_args(self) -> tuple[str, ...]:
+        """Arguments for a TLS port; a fresh port each call (see ``start_server``)."""
         return (
-            "--tls-port", str(tls_port),
+            "--tls-port", str(free_port()),
             "--tls-cert-file", str(self.cert_file),
             "--tls-key-file", str(self.key_file),
             "--tls-ca-cert-file", str(self.ca_file),
@@ -65,12 +66,11 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 def tls_redis(
     certificates: Certificates, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TlsRedis]:
-    tls_port = free_port()
-    server = start_server(
-        tmp_path_factory.mktemp("tls-redis"), extra_args=certificates.server_args(tls_port)
-    )
+    # redis-server cannot take --tls-port 0 (it disables TLS): start_server picks another port
+    # if this one is taken by the time the server binds it, and the port is read back.
+    server = start_server(tmp_path_factory.mktemp("tls-redis"), extra_args=certificates.server_args)
     try:
-        yield TlsRedis(server, tls_port, certificates.ca_file)
+        yield TlsRedis(server, server.tls_port(), certificates.ca_file)
     finally:
         server.stop()
 
@@ -117,12 +117,11 @@ async def test_sentinel_hands_out_a_tls_master_and_the_store_uses_the_urls_ca(
 ) -> None:
     # The sentinel answers on plain TCP and monitors the master's TLS port (so that is the
     # address it hands out); the URL says TLS and names the CA for the master connection.
-    tls_port = free_port()
     c = certificates
     handle = start_sentinel(
         directory=tmp_path,
-        master_args=c.server_args(tls_port),
-        monitored_port=tls_port,
+        master_args=c.server_args,
+        monitor_tls_port=True,
         sentinel_conf=(
             f"tls-replication yes\ntls-cert-file {c.cert_file}\ntls-key-file {c.key_file}\n"
             f"tls-ca-cert-file {c.ca_file}\n"
