@@ -21,6 +21,14 @@
 6. ``status.role`` says LEADER only while this instance streams (set when ``lead`` starts,
    cleared the moment leadership ends, before the feed closes and the writer flushes); a
    standby's lease polls drive ``status.store`` (its /health reflects its own Redis traffic).
+7. A hand-over leaves no instance leading for a bounded time (rules 2 and 3 forbid overlap,
+   so it cannot be zero): a leader that steps down and releases, at most ``handover_gap_s``
+   (``release_timeout_s + retry_s``: 0.6 s at a 4 s TTL, 1.25 s at 10 s); a leader cut off
+   from the store alone, at most ``leaderless_bound_s`` (``hold_s - renew_every_s +
+   retry_s``: 2.8 s at 4 s, 7 s at 10 s); after the store lost its data,
+   ``leaderless_after_data_loss_s`` (``retry_s + history_wait_s``: 1.8 s at 4 s, 4.5 s at 10
+   s). Each instance's /health says standby and healthy meanwhile (each is fine; the pair has
+   no leader for a moment), and the MdsNoLeader alert waits a minute.
 """
 
 from __future__ import annotations
@@ -68,6 +76,27 @@ class LeaderElection:
         # Releasing is a courtesy (the lease expires by itself): never hold a shutdown for it.
         self.release_timeout_s = min(0.25, self.margin_s)
         self.terms = 0
+
+    @property
+    def handover_gap_s(self) -> float:
+        """Longest stretch without a leader when the leader steps down and releases the lease
+        (SIGTERM, a renewal refused): its release, then a standby's next poll (rule 7)."""
+        return self.release_timeout_s + self.retry_s
+
+    @property
+    def leaderless_bound_s(self) -> float:
+        """Longest stretch without a leader while a live standby reaches the store, whatever
+        ended the term: the worst is a leader cut off from the store alone, which stops at its
+        first failed renewal (up to ``hold_s - renew_every_s`` before its lease ends: rule 2,
+        which rule 5 needs) and cannot release; the standby takes the lease at its first poll
+        after the end (rule 7)."""
+        return max(self.handover_gap_s, self.hold_s - self.renew_every_s + self.retry_s)
+
+    @property
+    def leaderless_after_data_loss_s(self) -> float:
+        """Longest stretch without a leader after the store lost its data under a leader: a
+        standby's next poll takes the empty lease, then waits ``history_wait_s`` (rule 5)."""
+        return self.retry_s + self.history_wait_s
 
     async def run(
         self,

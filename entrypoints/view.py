@@ -49,7 +49,10 @@ class ServiceViewAdapter:
         if status.fatal_error is not None:
             detail = status.fatal_error
         elif status.role is Role.STANDBY:
-            detail = "standby: another instance holds the lease and streams"
+            detail = (
+                "standby: another instance holds the lease (a hand-over leaves no leader "
+                "for a few seconds at most)"
+            )
         elif status.store is not StoreState.OK:
             detail = f"price store unavailable: {status.store_error}"
         elif not service.single and service.stream_details():
