@@ -3,6 +3,10 @@
 Every EventBus adapter hands a subscriber its prices through an :class:`Inbox`, so a slow
 consumer behaves the same everywhere: it sees the latest updates, in order, memory stays flat,
 and what it missed is counted (``stats.dropped``) and logged (first drop, then every 10,000).
+
+A gap (:meth:`Inbox.gap`, e.g. one cluster shard re-subscribed) is queued in order with the
+items and raised by the iterator when reached; iterating may go on after it. A gap is never
+dropped on overflow.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ class SubscriptionStats:
     malformed: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Gap:
+    error: BaseException
+
+
 class Inbox(Generic[T]):
     """Bounded FIFO between producers and the consumer; also its async iterator.
 
@@ -38,7 +47,8 @@ class Inbox(Generic[T]):
     def __init__(self, capacity: int, stats: SubscriptionStats, what: str) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
-        self._items: deque[T] = deque()
+        self._items: deque[T | _Gap] = deque()
+        self._gaps = 0  # _Gap markers in _items (they do not count against the capacity)
         self._capacity = capacity
         self._error: BaseException | None = None
         self._closed = False
@@ -51,10 +61,14 @@ class Inbox(Generic[T]):
             return
         self.stats.received += len(items)
         self._items.extend(items)
-        over = len(self._items) - self._capacity
+        over = len(self._items) - self._gaps - self._capacity
         if over > 0:
+            kept: list[T | _Gap] = []
             for _ in range(over):
+                while type(self._items[0]) is _Gap:
+                    kept.append(self._items.popleft())
                 self._items.popleft()
+            self._items.extendleft(reversed(kept))
             before = self.stats.dropped
             self.stats.dropped += over
             if before == 0 or before // 10_000 != self.stats.dropped // 10_000:
@@ -63,6 +77,15 @@ class Inbox(Generic[T]):
                     self._what,
                     self.stats.dropped,
                 )
+        self._wake()
+
+    def gap(self, error: BaseException) -> None:
+        """Raise ``error`` from the iterator after the items delivered so far; iterating may
+        go on after it (the subscription is not over)."""
+        if self._closed:
+            return
+        self._items.append(_Gap(error))
+        self._gaps += 1
         self._wake()
 
     def fail(self, error: BaseException) -> None:
@@ -87,7 +110,11 @@ class Inbox(Generic[T]):
             if self._items:
                 await anyio.lowlevel.checkpoint()  # fairness and a cancellation point
                 if self._items:
-                    return self._items.popleft()
+                    item = self._items.popleft()
+                    if type(item) is _Gap:
+                        self._gaps -= 1
+                        raise item.error
+                    return item  # type: ignore[return-value]
                 continue
             if self._error is not None:
                 raise self._error

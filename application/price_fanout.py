@@ -32,7 +32,7 @@ import anyio.abc
 from domain.price import Price
 from domain.staleness import DEFAULT_MAX_FUTURE_SKEW_S, future_limit_ns, skew_ns
 from ports.clock import Clock
-from ports.event_bus import EventBus
+from ports.event_bus import EventBus, SubscriptionGap
 from ports.price_cache import PriceCache
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class FanOutStats:
     sent_total: int = 0  # prices handed to clients
     conflated_total: int = 0  # updates a client skipped because a newer one replaced them
     bus_errors_total: int = 0
+    bus_gaps_total: int = 0  # one shard's symbols re-read from the cache, the rest went on
     symbols_over_cap: int = 0  # updates of symbols beyond max_symbols, not kept
     future_refused: int = 0  # stamped beyond the allowed clock skew, not kept
 
@@ -313,5 +314,13 @@ class PriceFanOut:
             # cache, so an update published while (re)subscribing is not missed.
             wanted = set(named if not every else self._all_symbols()) | set(self._latest)
             await self.image(wanted, refresh=True)
-            async for price in prices:
-                self.update(price)
+            while True:
+                try:
+                    async for price in prices:
+                        self.update(price)
+                    return
+                except SubscriptionGap as gap:
+                    # One shard's symbols may have missed updates (they are subscribed again):
+                    # re-read just those; the subscription and the other symbols go on.
+                    self.stats.bus_gaps_total += 1
+                    await self.image(gap.symbols, refresh=True)

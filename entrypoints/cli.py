@@ -215,7 +215,7 @@ def cmd_watch(argv: Sequence[str]) -> int:
     from rich.live import Live
     from rich.table import Table
 
-    from adapters.redis import PriceReader
+    from adapters.redis import PriceReader, SubscriptionGap
     from domain.errors import FatalStoreError
     from domain.price import Price
     from domain.staleness import AgedPrice
@@ -261,9 +261,15 @@ def cmd_watch(argv: Sequence[str]) -> int:
 
                     tg.start_soon(refresh)
                     tg.start_soon(stop_on_signal)
-                    async for price in updates:
-                        latest[price.symbol] = price
-                        counts[price.symbol] += 1
+                    while True:
+                        try:
+                            async for price in updates:
+                                latest[price.symbol] = price
+                                counts[price.symbol] += 1
+                            break
+                        except SubscriptionGap as gap:  # one cluster shard re-subscribed
+                            again = await reader.get_many(gap.symbols)
+                            latest.update({s: a.price for s, a in again.items()})
 
     try:
         anyio.run(main, backend="trio")

@@ -37,3 +37,20 @@ class EventBus(Protocol):
     def listen(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Receive the payloads of control signals on ``channel`` from entry on."""
         ...
+
+
+class SubscriptionGap(ConnectionError):
+    """Updates of ``symbols`` may have been missed (in a cluster: their shard's connection was
+    lost, or their channel's slot moved), and they are subscribed again.
+
+    Raised by a subscription's iterator at the point in the stream where the gap is known;
+    the subscription itself goes on: re-read ``symbols`` from the cache, then keep iterating
+    the same iterator (other symbols were not interrupted). A ``ConnectionError``, so a
+    consumer that treats any ``ConnectionError`` as "re-subscribe and re-read everything" stays
+    correct, only slower.
+    """
+
+    def __init__(self, symbols: frozenset[str], reason: str) -> None:
+        super().__init__(f"updates of {len(symbols)} symbols may have been missed: {reason}")
+        self.symbols = symbols
+        self.reason = reason

@@ -13,6 +13,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from adapters.inbox import Inbox, SubscriptionStats
 from domain.price import Price
+from ports.event_bus import SubscriptionGap
 
 
 @dataclass(eq=False)
@@ -75,6 +76,14 @@ class InMemoryEventBus:
         finally:
             self._subscribers.remove(sub)
             inbox.close()
+
+    def gap(self, symbols: Collection[str], reason: str = "simulated shard loss") -> None:
+        """As a cluster shard's re-subscription does: every subscriber of one of ``symbols``
+        gets a :class:`SubscriptionGap` for the ones it follows, after what it already has."""
+        for sub in self._subscribers:
+            mine = frozenset(s for s in symbols if sub.wants(s))
+            if mine:
+                sub.inbox.gap(SubscriptionGap(mine, reason))
 
     async def notify(self, channel: str, payload: bytes = b"") -> None:
         if self.fail_publishes:

@@ -6,7 +6,7 @@ Standalone, Sentinel and Cluster; see each module's docstring for the design."""
 from adapters.redis.connection import RedisConnection, RedisMode, RedisOptions, RedisUnavailable
 from adapters.redis.event_bus import RedisEventBus
 from adapters.redis.price_cache import AppliedPrices, RedisPriceCache
-from adapters.redis.reader import PriceReader
+from adapters.redis.reader import PriceReader, SubscriptionGap
 from adapters.redis.store import RedisPriceStore, open_redis_store
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "RedisPriceCache",
     "RedisPriceStore",
     "RedisUnavailable",
+    "SubscriptionGap",
     "open_redis_store",
 ]

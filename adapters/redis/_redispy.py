@@ -66,3 +66,8 @@ def pubsub(client: redis.Redis) -> PubSub:
 def keyslot(client: RedisCluster, key: str) -> int:
     slot: int = client.keyslot(key)  # type: ignore[no-untyped-call]
     return slot
+
+
+def get_node(client: RedisCluster, name: str) -> ClusterNode | None:
+    node: ClusterNode | None = client.get_node(node_name=name)  # type: ignore[no-untyped-call]
+    return node

@@ -13,7 +13,9 @@ no patterns: a pattern is resolved against the cache instead. The symbols whose
 ``price:{SYMBOL}`` keys match it are subscribed at entry, and every ``cluster_rescan_s``
 each connection re-scans and subscribes newly appeared symbols. So in a cluster, the first
 updates of a symbol that appears after entry can be missed until the next re-scan. A consumer
-that needs every update of a symbol names it explicitly.
+that needs every update of a symbol names it explicitly. One shard's trouble (its connection
+lost, a channel's slot moved) re-subscribes only that shard's channels and raises
+:class:`ports.event_bus.SubscriptionGap` for their symbols.
 
 Control signals (``notify``/``listen``, e.g. ``positions.changed``) use plain
 ``PUBLISH``/``SUBSCRIBE`` in every mode: in a cluster a plain publish reaches subscribers on
@@ -27,6 +29,7 @@ import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from redis.client import PubSub
@@ -39,11 +42,12 @@ from adapters.redis.price_cache import DEFAULT_KEY_PREFIX, AppliedPrices
 from adapters.redis.pubsub import (
     Message,
     Opened,
+    ShardRouter,
     pump_subscription,
     subscribe_and_confirm,
 )
 from domain.price import Price
-from ports.event_bus import PRICE_CHANNEL_PREFIX
+from ports.event_bus import PRICE_CHANNEL_PREFIX, SubscriptionGap
 
 log = logging.getLogger(__name__)
 
@@ -159,17 +163,23 @@ class RedisEventBus:
         Subscribed (confirmed by the server) once entered; updates arrive in publish order per
         symbol; malformed messages are skipped and counted. The iterator raises
         ``ConnectionError`` when the connection is lost (updates may then have been missed:
-        re-subscribe and re-read the cache). Raises ``ConnectionError`` on entry when Redis
-        cannot be reached. Leaving stops the receiving thread(s) within about 0.2 s.
+        re-subscribe and re-read the cache). In a cluster, one shard's trouble raises
+        :class:`ports.event_bus.SubscriptionGap` instead, once its symbols are subscribed
+        again: re-read those symbols and keep iterating (the others were not interrupted);
+        ``ConnectionError`` then means no shard is left. Raises ``ConnectionError`` on entry
+        when Redis cannot be reached. Leaving stops the receiving thread(s) within about 0.2 s.
         A symbol that also matches ``pattern`` is delivered once. Cluster: see the module
         docstring for how a pattern is resolved.
         """
         wanted = sorted(set(symbols))
         stats = SubscriptionStats()
+        router: ShardRouter | None = None
         if self._conn.is_cluster:
             # Sharded channels are a set: a named symbol matching the pattern is one channel.
             channels = [self.channel_prefix + s for s in wanted]
-            open_all = self._open_sharded(channels, pattern)
+            shard_router = _Router(self, pattern)
+            open_all = self._open_sharded(channels, pattern, shard_router)
+            router = shard_router
         else:
             if pattern is not None:  # else SUBSCRIBE and PSUBSCRIBE would both deliver it
                 wanted = [s for s in wanted if not fnmatchcase(s, pattern)]
@@ -187,6 +197,7 @@ class RedisEventBus:
                 stats=stats,
                 liveness_s=self._liveness_s,
                 rescan_s=self._rescan_s,
+                router=router,
             ) as inbox:
                 yield inbox
         finally:
@@ -248,31 +259,46 @@ class RedisEventBus:
         return open_all
 
     def _open_sharded(
-        self, channels: list[str], pattern: str | None
+        self, channels: list[str], pattern: str | None, router: _Router
     ) -> Callable[[list[Opened]], None]:
         def open_all(opened: list[Opened]) -> None:
             rc = self._conn.cluster()
             wanted = set(channels)
             if pattern is not None:
                 wanted.update(self._scan_channels(rc, pattern))
-            by_node: dict[str, list[str]] = defaultdict(list)
-            for channel in sorted(wanted):
-                node = _redispy.node_for_key(rc, channel)
-                by_node[node.name].append(channel)
+            by_node = router.owners(wanted)
             nodes = [n for n in _redispy.primaries(rc) if pattern is not None or n.name in by_node]
             for node in nodes:
-                client = self._conn.pubsub_client(node)
-                here = set(by_node.get(node.name, ()))
-                rescan = None if pattern is None else self._rescanner(node.name, pattern, here)
-                each = Opened(f"shard:{node.name}", _redispy.pubsub(client), client, rescan=rescan)
-                opened.append(each)
-                each.prebuffer = subscribe_and_confirm(
-                    each.pubsub,
-                    shard_channels=sorted(here),
-                    timeout_s=self._confirm_timeout_s(),
-                )
+                opened.append(router.open(node.name, by_node.get(node.name, [])))
 
         return open_all
+
+    def _open_shard(self, node_name: str, channels: Collection[str], pattern: str | None) -> Opened:
+        """A connection to the primary ``node_name`` with ``channels`` subscribed (confirmed;
+        closed again if that fails); with a pattern, it re-scans for new symbols this node
+        owns."""
+        node = _redispy.get_node(self._conn.cluster(), node_name)
+        if node is None:
+            raise RedisUnavailable(f"cluster node {node_name} is no longer in the slot map")
+        client = self._conn.pubsub_client(node)
+        here = set(channels)
+        rescan = None if pattern is None else self._rescanner(node_name, pattern, here)
+        each = Opened(
+            f"shard:{node_name}",
+            _redispy.pubsub(client),
+            client,
+            rescan=rescan,
+            node=node_name,
+            channels=here,
+        )
+        try:
+            each.prebuffer = subscribe_and_confirm(
+                each.pubsub, shard_channels=sorted(here), timeout_s=self._confirm_timeout_s()
+            )
+        except BaseException:
+            each.close()
+            raise
+        return each
 
     def _scan_channels(self, rc: RedisCluster, pattern: str) -> list[str]:
         skip = len(self.key_prefix.encode())
@@ -295,3 +321,32 @@ class RedisEventBus:
                 log.info("cluster pattern %r: now also subscribed to %s", pattern, channel)
 
         return rescan
+
+
+@dataclass(eq=False)
+class _Router:
+    """:class:`adapters.redis.pubsub.ShardRouter` for one cluster price subscription."""
+
+    bus: RedisEventBus
+    pattern: str | None
+
+    @property
+    def every_primary(self) -> bool:
+        return self.pattern is not None
+
+    def owners(self, channels: Collection[str]) -> dict[str, list[str]]:
+        rc = self.bus.connection.cluster()
+        by_node: dict[str, list[str]] = defaultdict(list)
+        for channel in sorted(channels):
+            by_node[_redispy.node_for_key(rc, channel).name].append(channel)
+        return dict(by_node)
+
+    def primaries(self) -> list[str]:
+        return [n.name for n in _redispy.primaries(self.bus.connection.cluster())]
+
+    def open(self, node: str, channels: Sequence[str]) -> Opened:
+        return self.bus._open_shard(node, channels, self.pattern)
+
+    def gap(self, channels: Collection[str], reason: str) -> BaseException:
+        skip = len(self.bus.channel_prefix)
+        return SubscriptionGap(frozenset(c[skip:] for c in channels), reason)

@@ -12,6 +12,8 @@ Public API (other services import it)::
         async with reader.subscribe(symbols=["AAPL"]) as prices:
             async for price in prices:                 # domain.price.Price, in order per symbol
                 ...
+        # Cluster: one shard's trouble raises SubscriptionGap(symbols) once those symbols are
+        # subscribed again: re-read them (get_many) and keep iterating the same ``prices``.
 
     with PriceReader(url) as reader:                   # plain scripts, no event loop
         print(reader.get_sync("AAPL"))
@@ -41,9 +43,9 @@ from adapters.redis.price_cache import DEFAULT_KEY_PREFIX, RedisPriceCache
 from domain.price import Price
 from domain.staleness import DEFAULT_MAX_AGE_S, DEFAULT_MAX_FUTURE_SKEW_S, AgedPrice
 from domain.symbols import normalize_symbol
-from ports.event_bus import PRICE_CHANNEL_PREFIX
+from ports.event_bus import PRICE_CHANNEL_PREFIX, SubscriptionGap
 
-__all__ = ["AgedPrice", "PriceReader"]
+__all__ = ["AgedPrice", "PriceReader", "SubscriptionGap"]
 
 
 class PriceReader:
@@ -127,7 +129,9 @@ class PriceReader:
 
         See :meth:`adapters.redis.event_bus.RedisEventBus.subscribe` for the guarantees (in
         order per symbol, bounded, ``ConnectionError`` from the iterator when the connection
-        is lost; in a cluster a pattern is resolved from the cached keys). ``symbols`` are
+        is lost; in a cluster a pattern is resolved from the cached keys, and one shard's
+        trouble raises :class:`SubscriptionGap` for its symbols only: re-read them with
+        :meth:`get_many` and keep iterating). ``symbols`` are
         normalised as in :meth:`get`; ``pattern`` is used as given."""
         return self._bus.subscribe(_normalized(symbols), pattern)
 

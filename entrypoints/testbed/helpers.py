@@ -20,7 +20,7 @@ import trio
 
 from adapters.alpaca_compatible_server.config import ServerConfig
 from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
-from adapters.redis.reader import PriceReader
+from adapters.redis.reader import PriceReader, SubscriptionGap
 from domain.price import Price
 from entrypoints.testbed.service_process import ServiceProcess, start_service
 
@@ -112,8 +112,15 @@ async def subscribe_prices(
     price into ``into`` until cancelled."""
     async with reader.subscribe(symbols) as updates:
         task_status.started()
-        async for price in updates:
-            into.add(price)
+        while True:
+            try:
+                async for price in updates:
+                    into.add(price)
+                return
+            except SubscriptionGap:
+                # One cluster shard re-subscribed: what is recorded is what was delivered, so
+                # the cache is not re-read here; the subscription goes on.
+                continue
 
 
 async def cached_timestamps(reader: PriceReader, symbols: Collection[str]) -> dict[str, int]:

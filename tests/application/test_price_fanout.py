@@ -185,6 +185,36 @@ async def test_new_symbols_resubscribe_and_nothing_published_meanwhile_is_lost(
         tg.cancel_scope.cancel()
 
 
+async def test_a_gap_rereads_only_its_symbols_and_keeps_the_subscription(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    """A cluster shard re-subscribed (SubscriptionGap for AAPL): the fan-out re-reads AAPL
+    from the cache (the update it missed reaches the client), keeps the same subscription
+    (MSFT is not re-read, nothing re-subscribed), and counts it."""
+    fanout = fanout_of(bus, cache)
+    async with anyio.create_task_group() as tg:
+        await tg.start(fanout.run)
+        async with fanout.connect(["AAPL", "MSFT"]) as client:
+            await eventually(lambda: len(bus._subscribers) == 1)
+            subscription = bus._subscribers[0]
+            await bus.publish_many([price("AAPL", 5, 6, T0), price("MSFT", 1, 2, T0)])
+            got: list[Price] = []
+            while len(got) < 2:  # the fan-out takes them off the bus as they come
+                got += prices(await client.wait(1))
+            # Cached while AAPL's shard was away (never published to us); MSFT's cache entry
+            # is older than what the client has, so a re-read of MSFT would show nothing.
+            await cache.put_many([price("AAPL", 7, 8, T0 + 1)])
+            bus.gap({"AAPL"})
+            got = prices(await client.wait(1))
+            assert [(p.symbol, p.bid) for p in got] == [("AAPL", 7)]
+            assert fanout.stats.bus_gaps_total == 1
+            assert bus._subscribers == [subscription]  # the same subscription goes on
+            await bus.publish_many([price("MSFT", 3, 4, T0 + 2)])
+            assert [(p.symbol, p.bid) for p in prices(await client.wait(1))] == [("MSFT", 3)]
+            assert fanout.stats.bus_errors_total == 0
+        tg.cancel_scope.cancel()
+
+
 async def test_a_bus_outage_is_retried_and_never_raised(cache: InMemoryPriceCache) -> None:
     class FlakyBus(InMemoryEventBus):
         failures = 3

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from adapters.redis import RedisEventBus, RedisMode, RedisOptions, open_redis_store
+from ports.event_bus import SubscriptionGap
 from tests.adapters.redis.helpers import T0, in_thread, price, unique
 from tests.conditions import receive, wait_for
 from tests.redis_servers import RedisClusterHandle, RedisServer
@@ -178,27 +179,28 @@ async def test_cluster_node_killed_then_back(own_redis_cluster: RedisClusterHand
         assert await store.cache.get_many(symbols) == {p.symbol: p for p in batch}
 
 
-async def test_cluster_slot_migration_ends_sharded_subscription_loudly(
+async def test_cluster_slot_migration_is_told_as_a_gap_and_followed(
     own_redis_cluster: RedisClusterHandle,
 ) -> None:
-    """A subscriber whose channel's slot moves to another node is told, not left silent."""
+    """A subscriber whose channel's slot moves to another node is told (a SubscriptionGap
+    naming the symbol, once it is subscribed on the new owner), not left silent; the same
+    subscription then receives from the new owner."""
     cluster = own_redis_cluster
     s = unique("MIG")
     channel = f"price.updated.{s}"
-    async with open_redis_store(
-        cluster.url, mode=RedisMode.CLUSTER, require_connection=True
-    ) as store:
-        async with store.bus.subscribe([s]) as prices:
-            await store.cache.put_many([price(s, T0)])
-            assert await receive(prices, 1) == [price(s, T0)]
-            await in_thread(lambda: move_slot_of(cluster, channel))
-            with anyio.fail_after(5), pytest.raises(ConnectionError, match="slot migrated"):
-                async for _ in prices:
-                    pass
-        # Subscribing again follows the slot to its new owner.
-        async with store.bus.subscribe([s]) as prices:
-            await store.cache.put_many([price(s, T0 + 1)])
-            assert await receive(prices, 1) == [price(s, T0 + 1)]
+    async with (
+        open_redis_store(cluster.url, mode=RedisMode.CLUSTER, require_connection=True) as store,
+        store.bus.subscribe([s]) as prices,
+    ):
+        await store.cache.put_many([price(s, T0)])
+        assert await receive(prices, 1) == [price(s, T0)]
+        await in_thread(lambda: move_slot_of(cluster, channel))
+        with anyio.fail_after(5), pytest.raises(SubscriptionGap, match="slot migrated") as gap:
+            async for _ in prices:
+                pass
+        assert gap.value.symbols == {s}
+        await store.cache.put_many([price(s, T0 + 1)])
+        assert await receive(prices, 1) == [price(s, T0 + 1)]
 
 
 def move_slot_of(cluster: RedisClusterHandle, key: str) -> None:
