@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -361,3 +362,38 @@ async def test_the_bundled_replay_plays_as_if_live_unless_told_to_keep_times(
     assert price["stale"] is stale
     if not stale:
         assert price["age_s"] < 60  # the recording is months old; as if live, it is fresh
+
+
+async def test_sse_send_timeout_also_bounds_a_stuck_peers_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MDS_SSE_SEND_TIMEOUT reaches both halves of "a client that stops reading is dropped":
+    the stream's write deadline and the HTTP server's TCP_USER_TIMEOUT on accepted sockets
+    (hypercorn's writes are shielded, so the kernel is what ends a blocked write). That the two
+    together drop a stuck reader is test_http_sse's
+    test_a_client_that_stops_reading_is_dropped_and_the_rest_go_on; this is the wiring."""
+    from entrypoints import http_api
+
+    serve_http, create_app = http_api.serve_http, http_api.create_app
+    stuck_peer: list[float | None] = []
+    send_timeout: list[float] = []
+
+    async def recording_serve_http(*args: Any, **kwargs: Any) -> None:
+        stuck_peer.append(kwargs.get("stuck_peer_timeout_s"))
+        await serve_http(*args, **kwargs)
+
+    def recording_create_app(*args: Any, **kwargs: Any) -> Any:
+        send_timeout.append(kwargs["options"].sse_send_timeout_s)
+        return create_app(*args, **kwargs)
+
+    monkeypatch.setattr(http_api, "serve_http", recording_serve_http)
+    monkeypatch.setattr(http_api, "create_app", recording_create_app)
+    settings = load_settings({**EMBEDDED, "MDS_SSE_SEND_TIMEOUT": "2.5"})
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            running: Running = await tg.start(run, settings)
+            async with httpx.AsyncClient(base_url=running.http_urls[0]) as client:
+                assert (await client.get("/health")).status_code == 200  # served through it
+            tg.cancel_scope.cancel()
+    assert stuck_peer == [2.5]
+    assert send_timeout == [2.5]

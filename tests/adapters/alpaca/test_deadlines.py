@@ -3,7 +3,8 @@
 Against hostile loopback peers (raw trio sockets speaking wsproto step by step): a TCP connect
 that never completes, a TLS handshake or HTTP upgrade never answered, each phase answered one
 byte at a time (a drip is a stall too: the deadline covers the whole phase, not each read), no
-pong, a close frame never answered, and a server that closes first and keeps its socket open.
+pong, a peer that stops reading our subscription change, a close frame never answered, and a
+server that closes first and keeps its socket open.
 Real time, with deadlines of a few tenths of a second; each bound allows for a loaded machine.
 """
 
@@ -211,6 +212,47 @@ async def test_a_subscription_ack_dripped_a_byte_at_a_time_ends_the_session() ->
                     await session.subscribe(Subscriptions.quotes({"AAPL"}))
                 assert trio.current_time() - start < DEADLINE_S + SLACK_S
             await released(peer.connections[0])
+
+
+@pytest.mark.parametrize("action", ["subscribe", "unsubscribe"])
+async def test_a_peer_that_stops_reading_fails_our_send_at_our_deadline(
+    action: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's "send timeouts": after auth the peer stops reading, so a subscription change
+    cannot be written out. The send is shielded (half a frame would break the stream) but
+    bounded by OUR deadline (``subscribe_ack_timeout_s``): it ends the session with "could not
+    send within", it does not wait for the peer. Socket buffers are made small (the client's
+    send buffer, the peer's receive buffer) so that one 20,000-symbol message cannot fit in
+    them, as a real stuck peer's full buffers would."""
+    dial = trio.open_tcp_stream
+
+    async def small_send_buffer(*args: Any, **kwargs: Any) -> trio.SocketStream:
+        stream = await dial(*args, **kwargs)
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        return stream
+
+    monkeypatch.setattr(trio, "open_tcp_stream", small_send_buffer)
+
+    async def stop_reading(conn: PeerConnection) -> None:
+        conn.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await conn.greet_and_authenticate()
+        # Read nothing more. Hang up after the guard: a send without our deadline then fails
+        # with another message instead of hanging the test (the send is shielded).
+        await trio.sleep(GUARD_S + 1)
+
+    symbols = {f"S{i:06d}" for i in range(20_000)}
+    with trio.fail_after(GUARD_S):
+        async with hostile_peer(stop_reading) as peer:
+            feed = fast(peer.url(), subscribe_chunk=len(symbols))
+            async with feed.connect() as session:
+                change = getattr(session, action)
+                start = trio.current_time()
+                with pytest.raises(FeedDisconnected, match=r"could not send within 0\.4 s"):
+                    await change(Subscriptions.quotes(symbols))
+                assert trio.current_time() - start >= DEADLINE_S - 0.05  # OUR deadline, whole
+                with pytest.raises(FeedDisconnected, match="could not send"):
+                    async for _ in session.events():  # the session is over
+                        pass
 
 
 async def test_a_frame_dripped_a_byte_at_a_time_ends_the_session_at_the_ping_timeout() -> None:

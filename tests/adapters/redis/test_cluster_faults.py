@@ -103,6 +103,56 @@ async def test_a_slot_migrating_under_the_write_touches_only_its_symbols(
         conn.close()
 
 
+def move_slot(cluster: RedisClusterHandle, key: str, target: RedisServer) -> None:
+    """Move ``key``'s slot (and the key) to ``target``, to the end: every node then answers
+    for the new owner, and a client that read the slot map before still has the old one."""
+    source = node_of(cluster, key)
+    slot = keyslot(key)
+    source_id, target_id = node_id(source), node_id(target)
+    with target.client() as t, source.client() as s:
+        t.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        s.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", key)
+    for node in cluster.nodes:
+        with node.client() as c:
+            c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+
+async def test_a_moved_slot_is_retried_after_a_slot_map_refresh_and_the_batch_applied(
+    own_redis_cluster: RedisClusterHandle,
+) -> None:
+    """The issue's "cluster MOVED retries": a slot has moved (resharding done) since the
+    writer read the slot map. The script sent to the old owner meets the redirect (for our
+    key-less EVALSHA it is "non local key", the script-level MOVED); the writer refreshes the
+    slot map and retries those prices on the new owner within the same call: the whole batch
+    is applied and published, nothing is left for a later retry."""
+    cluster = own_redis_cluster
+    symbols = symbols_on_every_node(cluster, unique("MOV"), 2)
+    moving = symbols[0]
+    key = f"price:{moving}"
+    source = node_of(cluster, key)
+    target = next(n for n in cluster.nodes if n is not source)
+    conn = RedisConnection(cluster.url, mode=RedisMode.CLUSTER)
+    cache = RedisPriceCache(conn, publish=True)
+    try:
+        assert written(await cache.put_many([price(s, T0 + 1) for s in symbols])) == set(symbols)
+        move_slot(cluster, key, target)  # the writer's slot map is now stale
+
+        batch = [price(s, T0 + 2) for s in symbols]
+        applied = await cache.put_many(batch)  # no PartialWrite: the redirect was retried
+        assert list(applied) == batch
+        assert getattr(applied, "published", False)
+        assert cache.last_node_error is not None and "non local key" in str(
+            cache.last_node_error
+        )  # the redirect did happen (not a map that was already fresh)
+        with target.client() as t:  # on the new owner, at the new timestamp
+            raw = t.get(key)
+        assert raw is not None and raw == price(moving, T0 + 2).to_json()
+        assert (await cache.get_many(symbols)) == {p.symbol: p for p in batch}
+    finally:
+        conn.close()
+
+
 async def test_a_dead_master_touches_only_its_symbols(
     own_redis_cluster: RedisClusterHandle,
 ) -> None:
