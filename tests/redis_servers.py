@@ -1,6 +1,7 @@
-"""pytest fixtures for real redis-server processes: standalone, a three-master cluster, and
-Sentinel. The processes themselves are started by :mod:`entrypoints.testbed.redis_servers` (shared
-with the benchmarks and the chaos soak); this module re-exports its names.
+"""pytest fixtures for real redis-server processes: standalone, a three-master cluster (also
+with one replica per master), and Sentinel. The processes themselves are started by
+:mod:`entrypoints.testbed.redis_servers` (shared with the benchmarks and the chaos soak); this
+module re-exports its names.
 
 Use the fixtures from a ``conftest.py``::
 
@@ -73,6 +74,17 @@ def own_redis_cluster(tmp_path: Path) -> Iterator[RedisClusterHandle]:
         cluster.stop()
 
 
+@pytest.fixture
+def own_redis_cluster_with_replicas(tmp_path: Path) -> Iterator[RedisClusterHandle]:
+    """Three masters with one replica each and a 1 s node timeout: a killed master is failed
+    over to its replica in about 2 s."""
+    cluster = start_cluster(3, tmp_path, replicas=1, node_timeout_ms=1000)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelHandle]:
     """A master with one sentinel for the session."""
@@ -95,6 +107,7 @@ __all__ = [
     "cleanup_dir",
     "free_port",
     "own_redis_cluster",
+    "own_redis_cluster_with_replicas",
     "own_redis_server",
     "redis_cluster",
     "redis_sentinel",

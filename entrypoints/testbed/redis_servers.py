@@ -274,10 +274,13 @@ def start_server(
 
 @dataclass(eq=False)
 class RedisClusterHandle:
-    """A three-master cluster (no replicas); ``url`` points at the first node."""
+    """A cluster: ``nodes`` are the masters as created (no replicas by default), ``replicas``
+    one per master when asked for (``replicas[i]`` replicates ``nodes[i]`` at the start; a
+    failover swaps roles). ``url`` points at the first node."""
 
     nodes: list[RedisServer]
     directory: Path
+    replicas: list[RedisServer] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -287,18 +290,32 @@ class RedisClusterHandle:
     def ports(self) -> list[int]:
         return [n.port for n in self.nodes]
 
+    @property
+    def servers(self) -> list[RedisServer]:
+        return [*self.nodes, *self.replicas]
+
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.servers:
             node.stop()
 
 
-def start_cluster(masters: int = 3, directory: Path | None = None) -> RedisClusterHandle:
-    """Start ``masters`` cluster-enabled servers, join them, and wait for ``cluster_state:ok``."""
+def start_cluster(
+    masters: int = 3,
+    directory: Path | None = None,
+    *,
+    replicas: int = 0,
+    node_timeout_ms: int = 2000,
+) -> RedisClusterHandle:
+    """Start ``masters`` cluster-enabled servers (and ``replicas`` per master: 0 or 1), join
+    them, and wait for ``cluster_state:ok`` (and every replica's link to its master).
+    ``node_timeout_ms``: how long a silent master takes to be failed over by its replica."""
+    if replicas not in (0, 1):
+        raise ValueError("replicas: 0 or 1 per master")
     base = directory or Path(tempfile.mkdtemp(prefix="mds-redis-cluster-"))
-    nodes: list[RedisServer] = []
+    servers: list[RedisServer] = []
     try:
-        for _ in range(masters):
-            port_dir = base / f"n{len(nodes)}"
+        for _ in range(masters * (1 + replicas)):
+            port_dir = base / f"n{len(servers)}"
             port_dir.mkdir(parents=True, exist_ok=True)
             node = start_server(
                 port_dir,
@@ -309,10 +326,15 @@ def start_cluster(masters: int = 3, directory: Path | None = None) -> RedisClust
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    "2000",
+                    str(node_timeout_ms),
+                    # A replica may take over whatever the age of its data (tests kill masters
+                    # right after start).
+                    "--cluster-replica-validity-factor",
+                    "0",
                 ),
             )
-            nodes.append(node)
+            servers.append(node)
+        nodes = servers[:masters]
         create = subprocess.run(
             [
                 _binary("redis-cli"),
@@ -332,23 +354,59 @@ def start_cluster(masters: int = 3, directory: Path | None = None) -> RedisClust
                 f"redis-cli --cluster create failed:\n{create.stdout.decode(errors='replace')}"
                 f"\n{create.stderr.decode(errors='replace')}"
             )
-        for node in nodes:
+        extra = servers[masters:]
+        for master, replica in zip(nodes, extra, strict=False):
+            _add_replica(master, replica)
+        for node in servers:
             assert node.proc is not None
 
             def ok(node: RedisServer = node) -> bool:
                 with node.client() as c:
                     info = c.execute_command("CLUSTER", "INFO")
-                text = info.decode() if isinstance(info, bytes) else str(info)
-                return "cluster_state:ok" in text
+                    text = info.decode() if isinstance(info, bytes) else str(info)
+                    if "cluster_state:ok" not in text:
+                        return False
+                    replication = c.info("replication")
+                return bool(
+                    replication.get("role") != "slave"
+                    or replication.get("master_link_status") == "up"
+                )
 
             _wait_until(
                 f"cluster_state:ok on {node.port}", ok, START_TIMEOUT_S, node.proc, node.log
             )
     except BaseException:
-        for node in nodes:
+        for node in servers:
             node.stop()
         raise
-    return RedisClusterHandle(nodes, base)
+    return RedisClusterHandle(nodes, base, extra)
+
+
+def _add_replica(master: RedisServer, replica: RedisServer) -> None:
+    """Make ``replica`` a replica of ``master`` (as ``redis-cli --cluster add-node --cluster-slave
+    --cluster-master-id`` does: MEET, then REPLICATE once the master is known)."""
+    with master.client() as m:
+        raw = m.execute_command("CLUSTER", "MYID")
+    master_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+    with replica.client() as r:
+        r.execute_command("CLUSTER", "MEET", "127.0.0.1", master.port)
+
+        def knows_master() -> bool:
+            nodes = r.execute_command("CLUSTER", "NODES")
+            text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
+            return any(
+                line.startswith(master_id) and "master" in line for line in text.splitlines()
+            )
+
+        assert replica.proc is not None
+        _wait_until(
+            f"{replica.port} meets {master.port}",
+            knows_master,
+            START_TIMEOUT_S,
+            replica.proc,
+            replica.log,
+        )
+        r.execute_command("CLUSTER", "REPLICATE", master_id)
 
 
 @dataclass(eq=False)

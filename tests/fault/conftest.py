@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from tests.redis_servers import (  # noqa: F401  (fixtures)
     own_redis_cluster,
+    own_redis_cluster_with_replicas,
     own_redis_server,
     redis_server,
 )
