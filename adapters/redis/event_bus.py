@@ -37,7 +37,7 @@ from redis.cluster import RedisCluster
 
 from adapters.inbox import SubscriptionStats
 from adapters.redis import _redispy, sharded
-from adapters.redis.connection import RedisConnection, RedisUnavailable
+from adapters.redis.connection import RedisConnection, RedisUnavailable, is_outage
 from adapters.redis.price_cache import DEFAULT_KEY_PREFIX, AppliedPrices
 from adapters.redis.pubsub import (
     Message,
@@ -312,10 +312,24 @@ class RedisEventBus:
         self, node_name: str, pattern: str, subscribed: set[str]
     ) -> Callable[[PubSub], None]:
         def rescan(pubsub: PubSub) -> None:
-            rc = self._conn.cluster()
-            for channel in self._scan_channels(rc, pattern):
-                if channel in subscribed or _redispy.node_for_key(rc, channel).name != node_name:
-                    continue
+            # The scan reads every node through the shared client: another node being down
+            # skips this round (this connection is fine). Only our own SSUBSCRIBE may fail
+            # this connection.
+            try:
+                rc = self._conn.cluster()
+                mine = [
+                    channel
+                    for channel in self._scan_channels(rc, pattern)
+                    if channel not in subscribed
+                    and _redispy.node_for_key(rc, channel).name == node_name
+                ]
+            except Exception as e:
+                if not is_outage(e):
+                    raise
+                self._conn.mark_topology_stale()
+                log.debug("cluster pattern %r: re-scan skipped (%s)", pattern, e)
+                return
+            for channel in mine:
                 pubsub.ssubscribe(channel)  # confirmation arrives as a message, ignored
                 subscribed.add(channel)
                 log.info("cluster pattern %r: now also subscribed to %s", pattern, channel)
