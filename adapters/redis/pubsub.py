@@ -353,6 +353,9 @@ class _Shards(Generic[T]):
                 pump.opened.close()
                 return False
             self.live.append(pump)
+            # Finished threads are forgotten: a long subscription through many failovers
+            # keeps only what may still need joining.
+            self.started = [p for p in self.started if p.thread.is_alive()]
             self.started.append(pump)
         pump.thread.start()
         return True
@@ -418,6 +421,7 @@ class _Shards(Generic[T]):
         with self.lock:
             if self.failed or self._stop.is_set():
                 return
+            self.recoveries = [t for t in self.recoveries if t.is_alive()]
             self.recoveries.append(thread)
         thread.start()
 
