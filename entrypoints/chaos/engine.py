@@ -38,6 +38,7 @@ from adapters.alpaca_compatible_server.config import ServerConfig
 from adapters.alpaca_compatible_server.server import AlpacaCompatibleServer
 from adapters.redis.reader import PriceReader, SubscriptionGap
 from domain.price import Price
+from entrypoints.chaos.flow import FlowWatch
 from entrypoints.chaos.proxy import FeedProxy, text_frame
 from entrypoints.chaos.schedule import BY_NAME, Episode, Plan
 from entrypoints.testbed.helpers import PositionsGateway, alpaca_server
@@ -62,6 +63,15 @@ TWO_LEADERS_GRACE_S = 3.0
 EXIT_WITHIN_S = 2.5
 HA_TTL_S = 4.0
 SAMPLE_S = 0.2
+GAP_S = 2.0
+"""While prices are expected to flow (see :mod:`entrypoints.chaos.flow`), no subscribed symbol's
+published stream is quiet for longer than this (the local server quotes each symbol ~50 times a
+second: 2 s leaves room for a loaded machine)."""
+SHARD_GAP_S = 1.0
+"""The same while one cluster master is dead, for the symbols on the others."""
+CLUSTER_SERVES_S = 1.5
+"""How long the rest of the cluster surely serves after a master died: it goes down (full
+coverage required) once the node timeout (2 s) has passed without the master's answer."""
 
 
 @dataclass
@@ -317,6 +327,11 @@ class Active:
 
     name: str
     clear: Callable[[], Awaitable[None]]
+    affects: frozenset[str] = frozenset()
+    """For a kind that does not interrupt every price: the symbols it may interrupt (those on
+    a killed master or a migrating slot); the others must keep being published."""
+    serves_for_s: float | None = None
+    """The others only for this long (the cluster goes down after a master's node timeout)."""
 
 
 async def _nothing() -> None:
@@ -695,20 +710,22 @@ class Injector:
         symbol = SYMBOLS[self.engine.rng_index(len(SYMBOLS))]
         port = await anyio.to_thread.run_sync(lambda: _owner_port(cluster, f"price:{symbol}"))
         node = next(n for n in cluster.nodes if n.port == port)
+        symbols = self.scene.symbols
+        affects = await anyio.to_thread.run_sync(lambda: _on_node(cluster, port, symbols))
         await _thread(node.kill9)
 
         async def clear() -> None:
             await _thread(node.start)  # rejoins from its nodes.conf with its slots, empty
             await _thread(lambda: _wait_cluster_ok(cluster))
 
-        return Active("cluster.master_kill", clear)
+        return Active("cluster.master_kill", clear, affects, CLUSTER_SERVES_S)
 
     async def _cluster_reshard(self) -> Active:
         cluster = self.scene.cluster
         assert cluster is not None
         symbol = SYMBOLS[self.engine.rng_index(len(SYMBOLS))]
         await _thread(lambda: _migrate_slot(cluster, f"price:{symbol}"))
-        return Active("cluster.reshard", _nothing)
+        return Active("cluster.reshard", _nothing, frozenset({symbol}))
 
 
 def _wait_cluster_ok(cluster: RedisClusterHandle, timeout_s: float = 20.0) -> None:
@@ -735,6 +752,15 @@ def _node_ids(cluster: RedisClusterHandle) -> dict[int, str]:
         with node.client() as c:
             ids[node.port] = c.execute_command("CLUSTER", "MYID").decode()
     return ids
+
+
+def _on_node(cluster: RedisClusterHandle, port: int, symbols: tuple[str, ...]) -> frozenset[str]:
+    """The symbols whose price key or channel lives on the master at ``port``."""
+    return frozenset(
+        s
+        for s in symbols
+        if port in (_owner_port(cluster, f"price:{s}"), _owner_port(cluster, f"price.updated.{s}"))
+    )
 
 
 def _owner_port(cluster: RedisClusterHandle, key: str) -> int:
@@ -788,6 +814,7 @@ class Engine:
         self._episode = "start-up"
         self._cached: dict[str, int] = {}
         self._published: dict[str, int] = {}
+        self.flow = FlowWatch()
         self._rng_state = plan.seed
         self._degraded_seen = False
         self._scene: Scene | None = None
@@ -841,6 +868,7 @@ class Engine:
     ) -> None:
         self._cached.clear()
         self._published.clear()
+        self.flow = FlowWatch()
         async with (
             open_scene(scene_name, base, self.report) as scene,
             anyio.create_task_group() as tg,
@@ -848,10 +876,11 @@ class Engine:
             self._scene = scene
             injector = Injector(scene, self)
             self._episode = f"{scene_name} start-up"
+            tg.start_soon(self._monitor_published, scene)  # the settle waits for publishes too
             await self._settle(scene, 30.0, "start-up")
             tg.start_soon(self._monitor_processes, scene)
             tg.start_soon(self._monitor_redis, scene)
-            tg.start_soon(self._monitor_published, scene)
+            tg.start_soon(self._monitor_flow, scene)
             if scene_name == "ha":
                 tg.start_soon(self._monitor_leaders, scene)
             for episode in episodes:
@@ -868,6 +897,9 @@ class Engine:
         self.report.played.append(f"[{self.now_s():7.1f} s] {scene.name}: {label}")
         self.echo(f"[{self.now_s():7.1f} s] {scene.name}: {label}")
         active: list[Active] = []
+        interrupts = any(BY_NAME[name].interrupts for name, _ in episode.faults)
+        if interrupts:
+            self.flow.pause()  # every price may stop: nothing expected until settled
         for name, _hold in episode.faults:
             got = await injector.inject(name)
             if got is None:
@@ -875,6 +907,7 @@ class Engine:
                 continue
             self.report.faults[name] += 1
             active.append(got)
+        self.expect_during(active, interrupts, anyio.current_time())
         degrades = any(BY_NAME[a.name].degrades for a in active)
         seen_degraded = await self._hold(scene, episode.hold_s)
         if degrades:
@@ -883,10 +916,24 @@ class Engine:
                 seen_degraded,
                 "/health said healthy all along while the fault was active",
             )
+        if interrupts or any(a.affects for a in active):
+            self.flow.pause()  # clearing may restart or reconnect things
         for a in reversed(active):
             await a.clear()
         settle = max((BY_NAME[a.name].settle_s for a in active), default=10.0)
         await self._settle(scene, settle, label)
+
+    def expect_during(self, active: list[Active], interrupts: bool, now: float) -> None:
+        """While faults that do not interrupt every price are active: a shard's fault exempts
+        its symbols (for as long as the rest of the cluster serves), the others must flow."""
+        if interrupts:
+            return
+        affects = frozenset().union(*(a.affects for a in active))
+        if not affects:
+            return  # prices flow on, as expected since the last settle
+        serves = [a.serves_for_s for a in active if a.serves_for_s is not None]
+        until = now + min(serves) if serves else None
+        self.flow.expect(now, SHARD_GAP_S, exempt=affects, until=until)
 
     async def _hold(self, scene: Scene, hold_s: float) -> bool:
         """Sample /health while the fault holds; whether any instance stopped being healthy
@@ -909,9 +956,13 @@ class Engine:
                 scene.start_instance(inst)
         deadline = start + within_s
         stale: list[str] = []
+        unpublished: list[str] = []
         unhealthy: dict[str, object] = {}
         while True:
             stale = await self._stale_symbols(scene)
+            # Cached is not enough: each symbol must also be published again (defect 9 cached
+            # and never published).
+            unpublished = self.flow.unpublished_since(scene.symbols, start)
             healths = await healths_of(scene)
             unhealthy = {
                 n: (h.get("status"), h.get("detail")) if h else None
@@ -919,9 +970,11 @@ class Engine:
                 if h is None or h.get("status") != "healthy"
             }
             leaders = [n for n, h in healths.items() if h and h.get("role") == "leader"]
-            if not stale and not unhealthy and len(leaders) == 1:
+            if not stale and not unpublished and not unhealthy and len(leaders) == 1:
                 self.report.checks["fresh_after_faults"] += 1
+                self.report.checks["published_after_faults"] += 1
                 self.report.checks["healthy_after_faults"] += 1
+                self.flow.expect(anyio.current_time(), GAP_S)  # from now on, all must flow
                 return
             if anyio.current_time() > deadline:
                 break
@@ -930,6 +983,11 @@ class Engine:
             "fresh_after_faults",
             not stale,
             f"not fresh {within_s:.0f} s after the faults cleared: {stale}",
+        )
+        self.check(
+            "published_after_faults",
+            not unpublished,
+            f"nothing published {within_s:.0f} s after the faults cleared for: {unpublished}",
         )
         self.check(
             "healthy_after_faults",
@@ -1023,6 +1081,25 @@ class Engine:
                     continue  # reported; not a baseline for the order check
                 self._cached[s] = max(ts, before)
 
+    async def _monitor_flow(self, scene: Scene) -> None:
+        """No expected symbol's published stream goes quiet for longer than the gap bound
+        (:class:`~entrypoints.chaos.flow.FlowWatch`)."""
+        while True:
+            await anyio.sleep(0.1)
+            self.check_flow(scene.symbols, anyio.current_time())
+
+    def check_flow(self, symbols: tuple[str, ...], now: float) -> None:
+        if not self.flow.expecting:
+            return
+        quiet = self.flow.quiet(symbols, now)
+        self.check(
+            "published_without_gap",
+            not quiet,
+            "nothing published while expected: "
+            + ", ".join(f"{s} for {q:.1f} s" for s, q in sorted(quiet.items()))
+            + f" (bound {self.flow.gap_s:g} s; exempt: {sorted(self.flow.exempt) or 'none'})",
+        )
+
     async def _monitor_published(self, scene: Scene) -> None:
         """Every published price of a symbol is newer than the one before (per subscription;
         a lost subscription is re-made; a cluster shard's gap is read through: the order
@@ -1042,6 +1119,7 @@ class Engine:
                 await anyio.sleep(SAMPLE_S)
 
     def _published_one(self, price: Price) -> None:
+        self.flow.published(price.symbol, anyio.current_time())
         if not self.check(
             "published_not_in_future",
             price.ts_event_ns <= time.time_ns() + int(FUTURE_SLACK_S * 1e9),

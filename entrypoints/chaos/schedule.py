@@ -34,6 +34,9 @@ class FaultKind:
     exclusive: bool = False
     """Restarts, freezes or kills a process: never composed with another fault."""
     weight: float = 1.0
+    interrupts: bool = True
+    """While it is active every symbol's prices may legitimately stop. False: they must keep
+    being published (a shard's fault: all but its own symbols; see ``entrypoints.chaos.flow``)."""
     excluded: str | None = None
     """Why the kind is left out of the default catalog (a defect whose fix has not landed);
     ``mds chaos --include-excluded`` runs it anyway."""
@@ -63,7 +66,7 @@ CATALOG: tuple[FaultKind, ...] = (
     # /health is degraded from MDS_DATA_TIMEOUT (2 s here) of silence on, across the data
     # watchdog's reconnects to the silent venue, until data flows (a hold of 3 s or more).
     FaultKind("feed.stall", "feed", SCENES, (3.0, 6.0), degrades=True, weight=2),
-    FaultKind("feed.malformed", "feed", SCENES, (2.0, 5.0), degrades=False),
+    FaultKind("feed.malformed", "feed", SCENES, (2.0, 5.0), degrades=False, interrupts=False),
     FaultKind("feed.send_407", "feed", SCENES, (2.0, 4.0), degrades=True),
     FaultKind("feed.reject_406", "feed", ("single",), (3.0, 5.0), True, _AFTER_406_S, weight=0.5),
     FaultKind("feed.http_429", "feed", ("single",), (3.0, 5.0), degrades=True, settle_s=15.0),
@@ -71,21 +74,47 @@ CATALOG: tuple[FaultKind, ...] = (
     FaultKind("feed.half_open", "feed", SCENES, (5.0, 7.0), True, _AFTER_406_S),
     FaultKind("feed.slow_drip", "feed", SCENES, (5.0, 7.0), True, _AFTER_406_S),
     # Refused and counted; /health says so (degraded) for 10 s after the last one.
-    FaultKind("feed.future_stamp", "feed", SCENES, (1.0, 2.0), True, 15.0),
+    FaultKind("feed.future_stamp", "feed", SCENES, (1.0, 2.0), True, 15.0, interrupts=False),
     # --- Redis ------------------------------------------------------------------------------
     FaultKind("redis.kill_restart", "redis", ("single", "ha"), (2.0, 5.0), degrades=True),
     FaultKind("redis.pause", "redis", ("single", "ha"), (3.0, 5.0), degrades=True),
     FaultKind("redis.oom", "redis", ("single", "ha"), (3.0, 5.0), degrades=True),
     FaultKind("redis.readonly", "redis", ("single", "ha"), (3.0, 5.0), degrades=True),
-    FaultKind("redis.flushall", "redis", ("single",), (0.5, 1.0), degrades=False),
-    FaultKind("redis.script_flush", "redis", ("single", "ha"), (0.5, 1.0), degrades=False),
+    FaultKind("redis.flushall", "redis", ("single",), (0.5, 1.0), degrades=False, interrupts=False),
+    FaultKind(
+        "redis.script_flush",
+        "redis",
+        ("single", "ha"),
+        (0.5, 1.0),
+        degrades=False,
+        interrupts=False,
+    ),
     # --- the position source ------------------------------------------------------------------
-    FaultKind("positions.slow", "positions", ("single",), (3.0, 6.0), degrades=False),
-    FaultKind("positions.garbage", "positions", ("single",), (3.0, 6.0), degrades=False),
-    FaultKind("positions.error_500", "positions", ("single",), (3.0, 6.0), degrades=False),
+    FaultKind(
+        "positions.slow", "positions", ("single",), (3.0, 6.0), degrades=False, interrupts=False
+    ),
+    FaultKind(
+        "positions.garbage", "positions", ("single",), (3.0, 6.0), degrades=False, interrupts=False
+    ),
+    FaultKind(
+        "positions.error_500",
+        "positions",
+        ("single",),
+        (3.0, 6.0),
+        degrades=False,
+        interrupts=False,
+    ),
     # --- the disk -------------------------------------------------------------------------------
     # The recorder writes every 256 KB (~7 s of this scene's stream): a full disk shows then.
-    FaultKind("disk.full", "disk", ("single",), (9.0, 12.0), degrades=True, settle_s=15.0),
+    FaultKind(
+        "disk.full",
+        "disk",
+        ("single",),
+        (9.0, 12.0),
+        degrades=True,
+        settle_s=15.0,
+        interrupts=False,
+    ),
     # --- signals ----------------------------------------------------------------------------
     FaultKind("signal.sigterm", "signal", ("single",), (0.5, 1.0), False, _RESTART_S, True),
     FaultKind("signal.sighup", "signal", ("single",), (0.5, 1.0), False, _RESTART_S, True),
@@ -95,8 +124,24 @@ CATALOG: tuple[FaultKind, ...] = (
     FaultKind("ha.flushall", "ha", ("ha",), (2.0, 3.0), False, 15.0, exclusive=True),
     FaultKind("ha.leader_freeze", "ha", ("ha",), (6.0, 8.0), True, _AFTER_406_S, exclusive=True),
     # --- Redis Cluster --------------------------------------------------------------------
-    FaultKind("cluster.master_kill", "cluster", ("cluster",), (3.0, 5.0), True, exclusive=True),
-    FaultKind("cluster.reshard", "cluster", ("cluster",), (2.0, 4.0), False, exclusive=True),
+    FaultKind(
+        "cluster.master_kill",
+        "cluster",
+        ("cluster",),
+        (3.0, 5.0),
+        True,
+        exclusive=True,
+        interrupts=False,
+    ),
+    FaultKind(
+        "cluster.reshard",
+        "cluster",
+        ("cluster",),
+        (2.0, 4.0),
+        False,
+        exclusive=True,
+        interrupts=False,
+    ),
 )
 
 BY_NAME = {kind.name: kind for kind in CATALOG}

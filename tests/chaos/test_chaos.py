@@ -24,8 +24,9 @@ async def test_chaos_soak_keeps_every_invariant(seed: int, tmp_path: Path) -> No
     yet are listed with their reason in entrypoints/chaos/schedule.py) against real processes:
     the service stays up, every symbol is fresh and /health healthy within each fault's settle
     time after it clears, /health leaves healthy while a degrading fault is active, Redis never
-    caches or publishes older over newer or a price from the future, RSS stays bounded, and at
-    most one HA instance leads."""
+    caches or publishes older over newer or a price from the future, every symbol keeps being
+    published while its feed and its Redis shard are healthy and is published again after each
+    fault, RSS stays bounded, and at most one HA instance leads."""
     chosen = plan(seed, SECONDS, block_s=SECONDS)
     assert chosen.blocks[0].scene == SCENES[seed % len(SCENES)]
     lines: list[str] = []
