@@ -203,9 +203,9 @@ class MarketDataService:
         return max(known) if known else None
 
     def silent_streams(self) -> list[tuple[Stream, float]]:
-        """The streams that are connected and subscribed but got no data for longer than
-        ``stall_after_s``, with their silence in seconds (a stall between the data watchdog's
-        reconnects: the silence is measured across them). A standby streams nothing."""
+        """The streams that have symbols but got no data for longer than ``stall_after_s``,
+        with their silence in seconds (measured across reconnects: a stall between the data
+        watchdog's reconnects stays one silence). A standby streams nothing."""
         limit = self.config.stall_after_s
         if limit is None or self.status.role is Role.STANDBY:
             return []

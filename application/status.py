@@ -112,10 +112,11 @@ class ServiceStatus:
             self.data_expected_since_ns = now_ns
 
     def silent_s(self, now_ns: int) -> float | None:
-        """Seconds without data while connected and subscribed; None when no data is expected
-        (not connected: /health is degraded for that already; nothing subscribed)."""
+        """Seconds without data since data is expected (the stream got its symbols), through
+        reconnects (a stall's watchdog reconnects, or any other cause of no prices); None when
+        no data is expected (nothing subscribed, the stream stopped)."""
         since = self.data_expected_since_ns
-        if since is None or not self.connected or not self.confirmed:
+        if since is None:
             return None
         return silence_s(self.last_message_ns, since, now_ns)
 

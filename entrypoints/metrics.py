@@ -64,6 +64,7 @@ class StreamSnapshot:
     reconnects: int
     frames: int
     messages: int
+    silent: bool = False  # no data for longer than MDS_DATA_TIMEOUT while it has symbols
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ class MetricsSnapshot:
         streams = service.streams
         total = FeedStats()
         per_stream: list[StreamSnapshot] = []
+        silent = {s.name for s, _ in service.silent_streams()}
         for stream in streams:
             stats = stream.feed.stats
             total.messages.update(stats.messages)
@@ -132,6 +134,7 @@ class MetricsSnapshot:
                     reconnects=stream.status.reconnects,
                     frames=stats.frames,
                     messages=sum(stats.messages.values()),
+                    silent=stream.name in silent,
                 )
             )
         base = cls.from_status(service.status, total, now=service.clock.monotonic())
@@ -450,6 +453,8 @@ def _stream_metrics(ns: str, streams: Iterable[StreamSnapshot]) -> Iterable[Metr
     families: list[tuple[str, str, type[Metric], Callable[[StreamSnapshot], float]]] = [
         ("stream_disabled", "1 when the stream stopped for good (its lane only).",
          GaugeMetricFamily, lambda st: float(st.disabled)),
+        ("stream_silent", "1 while the stream has symbols but got no data for longer than "
+         "MDS_DATA_TIMEOUT (0 when that is off).", GaugeMetricFamily, lambda st: float(st.silent)),
         ("stream_subscribed_symbols", "Symbols the venue confirmed, per stream.",
          GaugeMetricFamily, lambda st: st.subscribed_symbols),
         ("stream_desired_symbols", "Symbols routed to the stream.",

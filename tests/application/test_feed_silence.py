@@ -68,6 +68,8 @@ async def test_a_stall_degrades_health_at_the_threshold_and_across_watchdog_reco
 
             # The watchdog ends the session; the reconnect subscribes to a venue still silent.
             feed.drop_connection(FeedStalled("no message for 2 s while subscribed"))
+            await eventually(lambda: not service.connected())
+            assert service.silent_streams() != []  # one silence, through the reconnect
             await eventually(lambda: len(feed.sessions) == 2 and service.connected())
             assert feed.subscribed() == SYMBOLS
             for _ in range(3):  # sampled over the next watchdog period: never healthy

@@ -8,7 +8,7 @@ import subprocess
 
 import yaml
 
-from entrypoints.metrics import MetricsSnapshot, ServiceMetrics
+from entrypoints.metrics import MetricsSnapshot, ServiceMetrics, StreamSnapshot
 from tests.deploy.tools import DEPLOY, need
 
 RULES = DEPLOY / "prometheus" / "mds-rules.yml"
@@ -73,6 +73,8 @@ def test_rules_use_only_metrics_the_service_exports() -> None:
             messages_by_type={"quote": 1},
             decode_errors_by_reason={"bad_json": 1},
             venue_errors_by_code={409: 1},
+            # The service always has at least one stream (its per-stream families).
+            streams=(StreamSnapshot("us_equity", "connected", False, 1, 1, 0, 1, 1),),
         )
     )
     exported = {

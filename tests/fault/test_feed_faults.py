@@ -342,7 +342,8 @@ async def test_a_stall_keeps_health_degraded_across_watchdog_reconnects_until_da
     healthy within the threshold (plus sampling slack) and, sampled every 0.1 s for 6 s, never
     says healthy again while the venue is silent, although the data watchdog reconnects twice
     and each new session is connected and subscribed (was: healthy between reconnects). The
-    detail says how long there has been no data. Data again: healthy."""
+    detail says how long there has been no data, and mds_stream_silent is 1. Data again:
+    healthy, and the gauge 0."""
     async with (
         alpaca_server(STREAM) as server,
         service_process(
@@ -367,14 +368,18 @@ async def test_a_stall_keeps_health_degraded_across_watchdog_reconnects_until_da
             samples.append((t, h and h["status"], h and h["detail"]))
             await anyio.sleep(0.1)
         reconnects = server.stats.connections_accepted - accepted
+        during = await service.metrics()
         server.faults.stall = False
         await service.wait_health(lambda h: h["status"] == "healthy", timeout_s=15)
+        after = await service.metrics()
 
     assert left_after <= STALL_THRESHOLD_S + 1.5, left_after  # loaded machine: sampling slack
     assert reconnects >= 2, reconnects  # the watchdog did reconnect meanwhile
     healthy = [round(t, 1) for t, status, _ in samples if status == "healthy"]
     assert healthy == [], f"/health said healthy during the stall at {healthy} s"
     assert any("stream: no data for" in str(detail) for _, _, detail in samples), samples
+    silent = 'mds_stream_silent{stream="us_equity"}'
+    assert during[silent] == 1 and after[silent] == 0  # what MdsFeedSilent alerts on
 
 
 # --- an endpoint that accepts TCP and never answers the upgrade --------------------------------
