@@ -220,10 +220,8 @@ class MarketDataService:
     def silence_detail(self, stream: Stream, silent_s: float) -> str:
         """A silent stream, in words (the /health detail)."""
         who = "feed" if self.single else f"{stream.name} stream"
-        return (
-            f"{who}: no data for {silent_s:.1f} s while subscribed "
-            f"(stall threshold MDS_DATA_TIMEOUT {self.config.stall_after_s:g} s)"
-        )
+        limit = self.config.stall_after_s
+        return f"{who}: no data for {silent_s:.1f} s (MDS_DATA_TIMEOUT {limit:g} s)"
 
     def health(self) -> Health:
         health = self._health()
