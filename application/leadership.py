@@ -21,9 +21,11 @@
 6. ``status.role`` says LEADER only while this instance streams (set when ``lead`` starts,
    cleared the moment leadership ends, before the feed closes and the writer flushes); a
    standby's lease polls drive ``status.store`` (its /health reflects its own Redis traffic).
-7. A hand-over leaves no instance leading for a bounded time (rules 2 and 3 forbid overlap,
-   so it cannot be zero): a leader that steps down and releases, at most ``handover_gap_s``
-   (``release_timeout_s + retry_s``: 0.6 s at a 4 s TTL, 1.25 s at 10 s); a leader cut off
+7. A hand-over leaves no instance leading for a bounded time (rules 2 and 3 forbid overlap):
+   a leader that steps down and releases wakes a standby waiting between its polls
+   (``Lease.wait_released``), which takes the lease at once: two store round trips; at most
+   ``handover_gap_s`` if the wake-up is lost (``release_timeout_s + retry_s``: 0.6 s at a 4 s
+   TTL, 1.25 s at 10 s). Otherwise the old lease has to run out first: a leader cut off
    from the store alone, at most ``leaderless_bound_s`` (``hold_s - renew_every_s +
    retry_s``: 2.8 s at 4 s, 7 s at 10 s); after the store lost its data,
    ``leaderless_after_data_loss_s`` (``retry_s + history_wait_s``: 1.8 s at 4 s, 4.5 s at 10
@@ -80,7 +82,8 @@ class LeaderElection:
     @property
     def handover_gap_s(self) -> float:
         """Longest stretch without a leader when the leader steps down and releases the lease
-        (SIGTERM, a renewal refused): its release, then a standby's next poll (rule 7)."""
+        (SIGTERM, a renewal refused) and the release's wake-up is lost: its release, then a
+        standby's next poll (rule 7). Normally the wake-up makes it two store round trips."""
         return self.release_timeout_s + self.retry_s
 
     @property
@@ -121,7 +124,7 @@ class LeaderElection:
             else:
                 self._store_answered()
             if acquired is None:
-                await anyio.sleep(self.retry_s)
+                await self._pause_between_polls()
                 continue
             self.terms += 1
             token = acquired.token
@@ -136,6 +139,17 @@ class LeaderElection:
                     contextlib.suppress(ConnectionError),  # then it expires by itself
                 ):
                     await self._lease.release(token)
+
+    async def _pause_between_polls(self) -> None:
+        """Wait ``retry_s`` for the next poll, or less: a release by the holder (a hand-over)
+        wakes this standby at once (rule 7). A store that does not answer: just wait."""
+        if self._status.store is StoreState.OK:
+            try:
+                await self._lease.wait_released(self.retry_s)
+                return
+            except ConnectionError as e:
+                self._store_failed("lease store unreachable, standing by", e)
+        await anyio.sleep(self.retry_s)
 
     def _store_failed(self, what: str, error: ConnectionError) -> None:
         """A lease call failed: this instance's Redis traffic fails, so /health says so."""

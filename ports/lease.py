@@ -43,5 +43,12 @@ class Lease(Protocol):
         ...
 
     async def release(self, token: str) -> None:
-        """Give the lease up at once if ``token`` holds it (so a standby need not wait)."""
+        """Give the lease up at once if ``token`` holds it, and wake one instance waiting in
+        :meth:`wait_released` (so a standby takes over without waiting for its next poll)."""
+        ...
+
+    async def wait_released(self, timeout_s: float) -> None:
+        """Return as soon as a holder releases the lease, or after ``timeout_s`` (a standby's
+        pause between polls). A release made while nobody waited wakes the next waiter at once
+        for a short while. Raises ``ConnectionError`` when the store cannot be reached."""
         ...

@@ -19,6 +19,7 @@ class InMemoryLease:
         self.fail = False  # simulate losing the store
         self.history: list[tuple[float, str]] = []  # (time, token) of every acquisition
         self._terms = itertools.count(1)
+        self._released = anyio.Event()
 
     def _check(self) -> None:
         if self.fail:
@@ -60,3 +61,11 @@ class InMemoryLease:
         self._check()
         if self.holder == token:
             self.holder = None
+            self._released.set()
+
+    async def wait_released(self, timeout_s: float) -> None:
+        self._check()
+        with anyio.move_on_after(timeout_s):
+            await self._released.wait()
+        if self._released.is_set():
+            self._released = anyio.Event()  # consumed: one release wakes one waiter

@@ -10,7 +10,9 @@ the store has no history (first term, or data loss) and the election waits one r
 before streaming (see ``application.leadership``). Renew and release compare the stored token
 with the caller's (Lua compare-and-set: check and change are one atomic step on the server), so
 after a data loss the old holder's renewal fails and it stops. Both keys share a hash tag, so
-each script touches one slot and works on a cluster too.
+each script touches one slot and works on a cluster too. A release also pushes a signal on
+``{mds}:leader:released`` (a list, expiring after 2 s): a standby blocked on it (``BLPOP``, in
+place of its pause between polls) takes over at once instead of at its next poll.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import os
 import secrets
 import socket
 from typing import Any
+
+import anyio
 
 from adapters.redis.connection import RedisConnection
 from ports.lease import Acquired
@@ -38,9 +42,17 @@ end
 return 0
 """
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[2])
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
 return 0
 """
+# How long a release signal waits for a standby that was not blocked on it at that moment.
+_SIGNAL_MS = 2000
 
 
 def instance_id() -> str:
@@ -55,6 +67,7 @@ class RedisLease:
         self._conn = connection
         self.key = f"{{{name}}}:leader"
         self.last_key = f"{{{name}}}:leader:last"
+        self.released_key = f"{{{name}}}:leader:released"
         self.instance = instance or instance_id()
 
     def _eval(self, script: str, keys: list[str], *args: Any) -> Any:
@@ -79,7 +92,25 @@ class RedisLease:
         return bool(result)
 
     async def release(self, token: str) -> None:
-        await self._conn.call("lease release", lambda: self._eval(_RELEASE, [self.key], token))
+        keys = [self.key, self.released_key]
+        await self._conn.call(
+            "lease release", lambda: self._eval(_RELEASE, keys, token, _SIGNAL_MS)
+        )
+
+    async def wait_released(self, timeout_s: float) -> None:
+        """``BLPOP`` on the release signal, each block at most half the socket timeout (a
+        longer one would read as a dead server), until ``timeout_s`` has passed."""
+        deadline = anyio.current_time() + timeout_s
+        cap = self._conn.options.socket_timeout_s / 2
+        # Redis counts blocking timeouts in seconds (0 would block for ever): at least 10 ms.
+        while (left := deadline - anyio.current_time()) >= 0.01:
+            block = min(left, cap)
+
+            def pop(block: float = block) -> Any:
+                return self._conn.client().blpop([self.released_key], timeout=block)
+
+            if await self._conn.call("lease wait", pop) is not None:
+                return
 
     async def holder(self) -> str | None:
         """The current holder's token (for operators and tests), or None."""

@@ -34,6 +34,9 @@ class ProcessLease:
         if not self.killed:
             await self.shared.release(token)
 
+    async def wait_released(self, timeout_s: float) -> None:
+        await self.shared.wait_released(timeout_s)
+
 
 class Instance:
     def __init__(

@@ -53,6 +53,10 @@ class OwnLease:
         self._check()
         await self.shared.release(token)
 
+    async def wait_released(self, timeout_s: float) -> None:
+        self._check()
+        await self.shared.wait_released(timeout_s)
+
 
 class Instance:
     def __init__(
@@ -110,8 +114,9 @@ def _pair(clock: VirtualClock) -> tuple[InMemoryLease, Instance, Instance]:
 async def test_a_handover_leaves_no_leader_for_at_most_the_stated_bound(
     clock: VirtualClock, how: str
 ) -> None:
-    """released: the leader steps down and gives the lease up (SIGTERM): the standby leads at
-    its next poll, at most ``retry_s`` later. store_cut: the leader alone loses the store
+    """released: the leader steps down and gives the lease up (SIGTERM): the release wakes the
+    standby, which leads at once (was: at its next poll, up to ``retry_s`` later: 0.4 s here,
+    measured 0.26 s). store_cut: the leader alone loses the store
     (its renewals fail, the standby's polls work): it stops ``margin_s`` before its lease
     ends, the standby takes the lease at its first poll after the end. killed (SIGKILL):
     the dead instance says nothing; the survivor leads within the lease TTL, and this stretch
@@ -151,7 +156,12 @@ async def test_a_handover_leaves_no_leader_for_at_most_the_stated_bound(
     }[how]
     print(f"\n{how}: no leader for {gap:.2f} s (bound {bound:.2f} s)")
     assert gaps.both == []
-    assert 0 < gap <= bound + STEP_S, f"{how}: no leader for {gap:.2f} s > bound {bound:.2f} s"
+    assert gap <= bound + STEP_S, f"{how}: no leader for {gap:.2f} s > bound {bound:.2f} s"
+    if how == "released":
+        # Closed: no stretch the 10 ms sampling can see (the store answers at once here).
+        assert gap <= STEP_S, f"released: no leader for {gap:.2f} s"
+    else:
+        assert gap > 0  # the lease has to run out first
 
 
 async def test_after_the_store_loses_its_data_no_leader_for_at_most_the_history_bound(
