@@ -1,16 +1,27 @@
 """PriceFanOut: price updates for many live clients (the HTTP API's Server-Sent Events).
 
-One bus subscription serves every client, and only while there are clients: an instance with no
-browser attached pays nothing. The fan-out keeps **one table of the latest price per symbol**
-(each encoded once, whatever the number of clients) in update order; a client does not receive
-prices one by one, it asks "what changed since I last looked?" and gets each changed symbol's
-latest price once. So the cost of a price update does not grow with the number of clients, a
-client that reads slower than prices change gets the newest price of each symbol (the updates it
-skipped are counted as ``conflated``), and a client's memory is bounded by the symbols it asked
-for, however slow it is. An older price never follows a newer one of the same symbol.
+Where the prices come from depends on whether this instance publishes them:
+
+- **This instance streams** (the leader, or the only instance): the price writer hands every
+  batch it published to :meth:`PriceFanOut.published` (inside :meth:`PriceFanOut.fed_locally`),
+  in-process, and the fan-out does not touch the bus: a published price costs it a few dict
+  updates, no decoding and no encoding (a price is encoded when a client first takes it).
+- **It does not** (a standby, or a leader between terms): it follows the bus, so any instance
+  can serve the stream. One bus subscription serves every client, and only while there are
+  clients: an instance with no browser attached pays nothing.
+
+Either way it keeps **one table of the latest price per symbol** (each encoded at most once,
+whatever the number of clients) in update order; a client does not receive prices one by one,
+it asks "what changed since I last looked?" and gets each changed symbol's latest price once.
+So the cost of a price update does not grow with the number of clients, a client that reads
+slower than prices change gets the newest price of each symbol (the updates it skipped are
+counted as ``conflated``), and a client's memory is bounded by the symbols it asked for, however
+slow it is. An older price never follows a newer one of the same symbol.
 
 A client's first look gives it the current price of each of its symbols (its initial image):
-what the table holds, completed from the cache for symbols the table does not have yet.
+what the table holds, completed from the cache for symbols the table does not have yet. Each
+switch between the two sources (and each re-subscription) refreshes the table from the cache,
+so a price published during the switch is not missed.
 
 Failure stays here: when the bus cannot be subscribed (Redis down), the fan-out retries with a
 capped backoff and its clients keep their connection (they get the prices again once it is back);
@@ -22,8 +33,8 @@ Anyio only, on ports only (``EventBus``, ``PriceCache``).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 import anyio
@@ -59,7 +70,7 @@ class FanOutStats:
 @dataclass(slots=True)
 class _Entry:
     price: Price
-    payload: bytes
+    payload: bytes | None  # encoded when a client first takes it
     seq: int  # the fan-out's update number when this price arrived
     updates: int  # how many prices of this symbol the table has taken
 
@@ -92,7 +103,8 @@ class FanOutClient:
 
 class PriceFanOut:
     """``encode`` turns a price into what clients are sent (for SSE, the whole event); it runs
-    once per price, whatever the number of clients."""
+    at most once per price, whatever the number of clients, and only for a price a client
+    takes (one replaced before anyone looked is never encoded)."""
 
     def __init__(
         self,
@@ -126,7 +138,9 @@ class PriceFanOut:
         # Clients waiting for a change, woken only by their symbols' updates.
         self._waiting_all: dict[FanOutClient, anyio.Event] = {}
         self._waiting: dict[str, dict[FanOutClient, anyio.Event]] = {}
-        self._wishes = anyio.Event()  # the clients' symbols changed
+        self._wishes = anyio.Event()  # the clients' symbols (or the source) changed
+        self._wanted: frozenset[str] | None = frozenset()  # the clients' symbols; None: all
+        self._local = False  # this instance's writer feeds the table (see fed_locally)
         self.stats = FanOutStats()
 
     @property
@@ -147,15 +161,26 @@ class PriceFanOut:
         self._clients.add(client)
         self.stats.connected_total += 1
         self.stats.clients = len(self._clients)
-        self._wishes.set()
+        self._wishes_changed()
         try:
             yield client
         finally:
             self._clients.discard(client)
             self.stats.clients = len(self._clients)
+            self._wishes_changed()
             if not self._clients:
                 self._latest.clear()  # nobody to serve: the table would only go stale
-            self._wishes.set()
+            elif self._wanted is not None:
+                # Symbols nobody follows any more would only go stale in the table (fed
+                # locally, their updates are not taken): a client asking for one later gets it
+                # from the cache.
+                for symbol in [s for s in self._latest if s not in self._wanted]:
+                    del self._latest[symbol]
+
+    def _wishes_changed(self) -> None:
+        named, every = self._want()
+        self._wanted = None if every else named
+        self._wishes.set()
 
     def symbols_of(self, client: FanOutClient) -> Collection[str]:
         """The symbols ``client`` follows now (for "everything": those subscribed now)."""
@@ -185,9 +210,15 @@ class PriceFanOut:
     def update(self, price: Price) -> None:
         """Take ``price`` as its symbol's latest unless the table holds a newer one (or it is
         stamped in the future)."""
-        if self._clock is not None and price.ts_event_ns > future_limit_ns(
-            self._clock.now_ns(), self._max_future_skew_ns
-        ):
+        self._update(price, self._future_limit())
+
+    def _future_limit(self) -> int | None:
+        if self._clock is None:
+            return None
+        return future_limit_ns(self._clock.now_ns(), self._max_future_skew_ns)
+
+    def _update(self, price: Price, future_limit: int | None) -> None:
+        if future_limit is not None and price.ts_event_ns > future_limit:
             self.stats.future_refused += 1
             return
         symbol = price.symbol
@@ -203,7 +234,7 @@ class PriceFanOut:
         else:
             updates = 1
         self._seq += 1
-        self._latest[symbol] = _Entry(price, self._encode(price), self._seq, updates)
+        self._latest[symbol] = _Entry(price, None, self._seq, updates)
         if self._waiting_all:
             for event in self._waiting_all.values():
                 event.set()
@@ -251,13 +282,64 @@ class PriceFanOut:
             if before is not None:
                 conflated += max(0, entry.updates - before - 1)
             seen[symbol] = entry.updates
-            taken.append((entry.price, entry.payload))
+            payload = entry.payload
+            if payload is None:
+                payload = entry.payload = self._encode(entry.price)
+            taken.append((entry.price, payload))
         client.seen_seq = self._seq
         taken.reverse()
         client.conflated += conflated
         self.stats.conflated_total += conflated
         self.stats.sent_total += len(taken)
         return taken
+
+    # -- fed by this instance's writer ------------------------------------------------------
+
+    @contextmanager
+    def fed_locally(self) -> Iterator[Callable[[Sequence[Price]], None]]:
+        """While inside, this instance publishes the prices itself (it streams): hand every
+        batch it published to the returned callback (:meth:`published`), and the fan-out does
+        not follow the bus (:meth:`run` leaves it and refreshes the table from the cache once).
+        Leaving (leadership lost, shutdown) returns it to the bus. Raises ``RuntimeError`` when
+        already inside: one writer feeds it."""
+        if self._local:
+            raise RuntimeError("the price fan-out is already fed by this instance's writer")
+        self._local = True
+        self._wishes.set()
+        try:
+            yield self.published
+        finally:
+            self._local = False
+            self._wishes.set()
+
+    def published(self, prices: Sequence[Price]) -> None:
+        """Take a batch of prices this instance just published (applied by the cache, in
+        publish order). Synchronous and cheap: without clients one check; else, per price of
+        a symbol some client follows, one table update (no encoding)."""
+        if not self._clients:
+            return
+        wanted = self._wanted
+        limit = self._future_limit()
+        update = self._update
+        if wanted is None:
+            for price in prices:
+                update(price, limit)
+        else:
+            for price in prices:
+                if price.symbol in wanted:
+                    update(price, limit)
+
+    def _symbols_to_refresh(self, named: frozenset[str], every: bool) -> set[str]:
+        return set(named if not every else self._all_symbols()) | set(self._latest)
+
+    async def _fed_locally(self) -> None:
+        """While this instance's writer feeds the table and there are clients: no bus. The
+        table is refreshed from the cache once, for what was published before the writer fed
+        it (by the previous leader, or while the bus was being left)."""
+        await self.image(self._symbols_to_refresh(*self._want()), refresh=True)
+        while self._local and self._clients:
+            await self._wishes.wait()
+            self._wishes = anyio.Event()
 
     # -- the bus ----------------------------------------------------------------------------
 
@@ -273,8 +355,9 @@ class PriceFanOut:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Follow the bus while there are clients, re-subscribing when what they want changes.
-        Runs until cancelled; bus failures are retried, never raised."""
+        """While there are clients: follow the bus, re-subscribing when what they want changes,
+        unless this instance's writer feeds the table (:meth:`fed_locally`). Runs until
+        cancelled; bus failures are retried, never raised."""
         task_status.started()
         failures = 0
         while True:
@@ -283,6 +366,9 @@ class PriceFanOut:
                 await self._wishes.wait()
             named, every = self._want()
             self._wishes = anyio.Event()
+            if self._local:
+                await self._fed_locally()
+                continue
             try:
                 await self._follow(named, every)
                 failures = 0
@@ -304,7 +390,7 @@ class PriceFanOut:
             async def until_changed() -> None:
                 while True:
                     await self._wishes.wait()
-                    if self._want() != (named, every) or not self._clients:
+                    if self._local or self._want() != (named, every) or not self._clients:
                         tg.cancel_scope.cancel()
                         return
                     self._wishes = anyio.Event()
@@ -312,8 +398,7 @@ class PriceFanOut:
             tg.start_soon(until_changed)
             # Subscribed: anything published from now on arrives. Complete the table from the
             # cache, so an update published while (re)subscribing is not missed.
-            wanted = set(named if not every else self._all_symbols()) | set(self._latest)
-            await self.image(wanted, refresh=True)
+            await self.image(self._symbols_to_refresh(named, every), refresh=True)
             while True:
                 try:
                     async for price in prices:

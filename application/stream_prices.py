@@ -114,6 +114,10 @@ class StreamMidPrices:
         self._writing = False
         self._idle_event: anyio.Event | None = None  # made only while someone waits for idle
         self._refusing = False  # the store refused every price of the last batch
+        # Called with every batch once published (what the cache applied, in publish order),
+        # in the writer's task: it must be quick and must not raise. The live stream's fan-out
+        # on the instance that streams (PriceFanOut.published).
+        self.on_published: Callable[[Sequence[Price]], None] | None = None
 
     # -- reader side: synchronous, never waits ---------------------------------------------
     def handle(self, events: Sequence[MarketEvent]) -> None:
@@ -311,6 +315,8 @@ class StreamMidPrices:
         status.counters["prices_written"] += len(applied)
         status.counters["published"] += len(applied)
         status.counters["refused_older"] += len(batch) - len(applied)
+        if self.on_published is not None:
+            self.on_published(applied)
         if batch and not applied:
             self._warn_refused(batch)
         elif applied and self._refusing:
@@ -359,6 +365,8 @@ class StreamMidPrices:
             log.warning("could not publish %d prices written to the cache: %s", len(applied), e)
         else:
             counters["published"] += len(applied)
+            if self.on_published is not None:
+                self.on_published(applied)
 
     async def wait_idle(self) -> None:
         """Return once nothing is pending (the writer has written everything handed to it)."""

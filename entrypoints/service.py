@@ -23,6 +23,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a file: make the project's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,6 +41,9 @@ from entrypoints.container import Container, make_initial_image
 from entrypoints.http_limit import ConcurrencyLimit
 from entrypoints.optional import serve_http_alone
 from entrypoints.settings import Settings, SettingsError, load_settings, unknown_variables
+
+if TYPE_CHECKING:
+    from application.price_fanout import PriceFanOut
 
 log = logging.getLogger("mds")
 
@@ -139,6 +143,24 @@ def nothing_to_price(settings: Settings) -> str | None:
     )
 
 
+async def stream_feeding(
+    service: MarketDataService,
+    fanout: PriceFanOut,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the service's streams (the single instance, or the leader's term), handing every
+    batch the writer publishes to the live stream's fan-out in-process meanwhile: the instance
+    that publishes the prices does not read them back from the bus. Before and after (a
+    standby), the fan-out follows the bus."""
+    with fanout.fed_locally() as published:
+        service.stream.on_published = published
+        try:
+            await service.run(task_status=task_status)  # its final flush still feeds it
+        finally:
+            service.stream.on_published = None
+
+
 async def run(
     settings: Settings,
     container: Container | None = None,
@@ -205,6 +227,7 @@ async def run(
                 )
                 if image is not None:  # its own task: a slow REST call never holds the stream
                     await tg.start(image.run)
+                stream = partial(stream_feeding, service, fanout)
                 if settings.ha and store.redis is not None:
                     election = LeaderElection(
                         RedisLease(store.redis.connection),
@@ -212,9 +235,9 @@ async def run(
                         service.status,
                         ttl_s=settings.ha_lease_ttl_s,
                     )
-                    await tg.start(election.run, service.run)
+                    await tg.start(election.run, stream)
                 else:
-                    await tg.start(service.run)
+                    await tg.start(stream)
                 await tg.start(fanout.run)
                 try:
                     # The API fails alone: its server is restarted when it dies (optional.py).

@@ -265,3 +265,117 @@ async def test_a_future_stamped_price_is_not_taken(
         assert fanout.stats.future_refused == 2
         fanout.update(price("AAPL", 3, 4, now))  # the real price is not held back
         assert [p.bid for p in prices(client.take())] == [3]
+
+
+# --- fed by this instance's writer (the leader / single instance) -------------------------------
+
+
+async def test_fed_locally_clients_get_what_the_writer_published_without_the_bus(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    fanout = fanout_of(bus, cache)
+    async with anyio.create_task_group() as tg:
+        await tg.start(fanout.run)
+        with fanout.fed_locally() as published:
+            async with fanout.connect(["AAPL"]) as client:
+                await anyio.sleep(5)
+                assert bus._subscribers == []  # the instance does not read its prices back
+                published([price("AAPL", 1, 2, T0 + 1), price("MSFT", 3, 4, T0 + 1)])
+                published([price("AAPL", 5, 6, T0 + 2)])
+                assert [(p.symbol, p.bid) for p in prices(await client.wait(1))] == [("AAPL", 5)]
+                await bus.publish_many([price("AAPL", 7, 8, T0 + 3)])  # nobody listens
+                assert await client.wait(1) == []
+        tg.cancel_scope.cancel()
+
+
+async def test_fed_locally_only_followed_symbols_are_kept_and_encoded_when_taken(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    encoded: list[tuple[str, float]] = []
+
+    def encode(p: Price) -> bytes:
+        encoded.append((p.symbol, p.bid))
+        return p.to_json()
+
+    fanout = PriceFanOut(bus, cache, encode=encode)
+    with fanout.fed_locally() as published:
+        published([price("AAPL", 1, 2)])  # no client: nothing kept
+        assert fanout._latest == {}
+        async with fanout.connect(["AAPL"]) as a, fanout.connect(["AAPL"]) as b:
+            for i in range(100):
+                published([price("AAPL", i, i + 1, T0 + i), price("NVDA", i, i + 1, T0 + i)])
+            assert list(fanout._latest) == ["AAPL"]  # NVDA: nobody follows it
+            assert encoded == []  # nothing encoded on the writer's path
+            assert prices(a.take()) == prices(b.take()) == [price("AAPL", 99, 100, T0 + 99)]
+            assert encoded == [("AAPL", 99)]  # once, for the price taken, whatever the clients
+            async with fanout.connect(["MSFT"]):
+                published([price("MSFT", 1, 2, T0 + 200)])
+            assert "MSFT" not in fanout._latest  # its client left: not kept to go stale
+
+
+async def test_fed_locally_refuses_an_older_or_future_price(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache, clock: VirtualClock
+) -> None:
+    fanout = PriceFanOut(bus, cache, encode=Price.to_json, clock=clock, max_future_skew_s=5)
+    now = clock.now_ns()
+    with fanout.fed_locally() as published:
+        async with fanout.connect(None) as client:
+            published([price("AAPL", 2, 3, now), price("AAPL", 1, 2, now - 1)])
+            published([price("MSFT", 1, 2, now + 10 * 10**9)])
+            assert [p.bid for p in prices(client.take())] == [2]
+            assert fanout.stats.future_refused == 1
+
+
+async def test_role_changes_switch_between_the_writer_and_the_bus_missing_nothing(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    """Leader -> standby -> leader with a client connected throughout: the bus is followed only
+    as a standby (never together with the writer's feed), and what was published while
+    switching (in the cache, not seen by the table) still reaches the client."""
+    fanout = fanout_of(bus, cache)
+
+    async def publish(*batch: Price) -> None:  # another instance, the leader: cache then bus
+        await cache.put_many(batch)
+        await bus.publish_many(batch)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            await tg.start(fanout.run)
+            async with fanout.connect(["AAPL"]) as client:
+                with fanout.fed_locally() as published:  # leader
+                    await anyio.sleep(1)
+                    published([price("AAPL", 1, 2, T0 + 1)])
+                    assert [p.bid for p in prices(await client.wait(1))] == [1]
+                    assert bus._subscribers == []
+                    # the next leader writes before this one has left (the lease's last moments)
+                    await cache.put_many([price("AAPL", 2, 3, T0 + 2)])
+                # standby: follows the bus; the price it could not see comes from the cache
+                await eventually(lambda: len(bus._subscribers) == 1)
+                assert [p.bid for p in prices(await client.wait(1))] == [2]
+                await publish(price("AAPL", 3, 4, T0 + 3))
+                assert [p.bid for p in prices(await client.wait(1))] == [3]
+                # the previous leader's last write: in the cache, its bus message not delivered
+                await cache.put_many([price("AAPL", 4, 5, T0 + 4)])
+                with fanout.fed_locally() as published:  # leader again
+                    await eventually(lambda: bus._subscribers == [])
+                    assert [p.bid for p in prices(await client.wait(1))] == [4]  # from the cache
+                    await bus.publish_many([price("AAPL", 9, 9, T0 + 9)])  # nobody listens
+                    assert await client.wait(1) == []
+                    published([price("AAPL", 5, 6, T0 + 5)])
+                    assert [p.bid for p in prices(await client.wait(1))] == [5]
+                    assert len(bus._subscribers) == 0
+            tg.cancel_scope.cancel()
+    assert fanout.stats.conflated_total == 0
+
+
+async def test_only_one_writer_feeds_the_fanout(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    fanout = fanout_of(bus, cache)
+    feeding = fanout.fed_locally()
+    feeding.__enter__()
+    with pytest.raises(RuntimeError, match="already fed"):
+        fanout.fed_locally().__enter__()
+    feeding.__exit__(None, None, None)
+    with fanout.fed_locally():  # free again once left
+        pass

@@ -12,7 +12,7 @@ from adapters.memory import InMemoryEventBus, InMemoryPriceCache
 from application.status import FUTURE_REFUSAL_DEGRADED_S, ServiceStatus, StoreState
 from application.stream_prices import StreamMidPrices
 from domain.market import Quote
-from domain.price import Price
+from domain.price import Price, exact_mid
 from domain.staleness import skew_ns, too_far_ahead
 from ports.price_cache import PartialWrite
 from tests.application.helpers import T0, eventually, quote
@@ -397,3 +397,27 @@ async def test_a_partial_write_counts_what_was_applied_and_retries_only_the_rest
     assert status.counters["published"] == 3
     assert status.counters["cache_write_errors"] == 1
     assert {s: p.ts_event_ns for s, p in cache.values.items()} == dict.fromkeys("ABC", T0 + 1)
+
+
+async def test_on_published_gets_each_published_batch_and_nothing_the_cache_refused(
+    cache: InMemoryPriceCache, bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    """The hook the leader's live stream is fed by: exactly what was published, in order."""
+    stream, status = make(cache, bus, clock)
+    await cache.put_many([Price("B", 1, 2, exact_mid(1, 2), T0 + 100, "V")])  # another writer's
+    batches: list[list[Price]] = []
+    stream.on_published = lambda prices: batches.append(list(prices))
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stream.run)
+            stream.handle([quote("A", 1, 2, T0 + 1), quote("B", 1, 2, T0 + 1)])
+            await stream.wait_idle()
+            stream.handle([quote("A", 2, 3, T0 + 2)])
+            await stream.wait_idle()
+            tg.cancel_scope.cancel()
+    assert [[(p.symbol, p.ts_event_ns) for p in b] for b in batches] == [
+        [("A", T0 + 1)],  # B: older than the cached one, refused, not published
+        [("A", T0 + 2)],
+    ]
+    assert [p for b in batches for p in b] == list(bus.published)
+    assert status.counters["refused_older"] == 1
