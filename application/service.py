@@ -116,7 +116,6 @@ class MarketDataService:
             positions,
             config.static_symbols,
             self.streams,
-            clock,
             self.status,
             interval_s=config.sync_interval_s,
         )

@@ -63,7 +63,6 @@ class ServiceStatus:
     # Wanted, subscribed, but left out of the venue's ack (unknown to it): asked for again at
     # every sync; shown in /subscriptions and the /health detail.
     unconfirmed: frozenset[str] = frozenset()
-    last_sync_at: float | None = None
     last_sync_error: str | None = None
     pending_writes: int = 0
     counters: Counter[str] = field(default_factory=Counter)

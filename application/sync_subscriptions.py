@@ -21,7 +21,6 @@ from domain.assets import AssetClass, route
 from domain.errors import PositionSourceError
 from domain.features import POSITION_SYNC
 from domain.subscriptions import SubscriptionPlan, plan_subscriptions, rank_symbols
-from ports.clock import Clock
 from ports.position_source import PositionSource
 
 log = logging.getLogger(__name__)
@@ -47,10 +46,9 @@ class SyncSubscriptions:
         positions: PositionSource | None,
         static_symbols: frozenset[str],
         streams: Sequence[Stream],
-        clock: Clock,
         status: ServiceStatus,
         *,
-        interval_s: float = 300.0,
+        interval_s: float,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -59,13 +57,11 @@ class SyncSubscriptions:
         self._positions = positions
         self._static = static_symbols
         self._streams = list(streams)
-        self._clock = clock
         self._status = status
         self._interval_s = interval_s
         self._held: dict[str, AssetClass] = {}
         self._trigger = anyio.Event()
         self._lock = anyio.Lock()
-        self.syncs = 0
         # Coalescing of requests (see request): syncs the loop started and finished, the last
         # result, and an event set (then replaced) each time one finishes.
         self._looping = False
@@ -142,8 +138,6 @@ class SyncSubscriptions:
             status.desired = frozenset(desired)
             status.left_out = tuple(sorted(left_out))
             status.unrouted = frozenset(unrouted)
-            status.last_sync_at = self._clock.monotonic()
-            self.syncs += 1
             if unrouted:
                 log.warning(
                     "not streamed (asset class not in MDS_ASSET_CLASSES): %s", _some(unrouted)
@@ -174,7 +168,6 @@ class SyncSubscriptions:
         plan = plan_subscriptions(held_f, static_f, current, capacity)
         st.desired = held_f | static_f
         st.left_out = plan.left_out
-        st.last_sync_at = self._clock.monotonic()
         if plan.left_out:
             log.warning(
                 "%s stream: symbol capacity %s reached; %d left out: %s",
@@ -222,6 +215,13 @@ class SyncSubscriptions:
             self._last_failure = None
         except PositionSourceError as e:
             self._last_failure = e
+        except BaseException:
+            # Cut (the loop stops: shutdown, leadership lost): the requests waiting for this
+            # sync must not take an earlier sync's plan for theirs.
+            self._last_failure = PositionSourceError(
+                "subscription sync stopped before it could finish"
+            )
+            raise
         finally:
             self._finished += 1
             done, self._finished_event = self._finished_event, anyio.Event()
