@@ -51,16 +51,7 @@ log = logging.getLogger(__name__)
 
 
 class LeaderElection:
-    def __init__(
-        self,
-        lease: Lease,
-        clock: Clock,
-        status: ServiceStatus,
-        *,
-        ttl_s: float = 10.0,
-        margin_s: float | None = None,
-        retry_s: float | None = None,
-    ) -> None:
+    def __init__(self, lease: Lease, clock: Clock, status: ServiceStatus, *, ttl_s: float) -> None:
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
         self._lease = lease
@@ -69,15 +60,14 @@ class LeaderElection:
         self.ttl_s = ttl_s
         # A standby polls every retry_s and the lease is written for hold_s = ttl_s - retry_s,
         # so a standby takes over at most ttl_s after the leader's last renewal.
-        self.retry_s = retry_s if retry_s is not None else ttl_s / 10
+        self.retry_s = ttl_s / 10
         self.hold_s = ttl_s - self.retry_s
         self.renew_every_s = self.hold_s / 3
-        self.margin_s = margin_s if margin_s is not None else ttl_s / 20
+        self.margin_s = ttl_s / 20
         # After a history loss: one renewal period for an earlier leader to find its lease gone.
         self.history_wait_s = self.renew_every_s + self.margin_s
         # Releasing is a courtesy (the lease expires by itself): never hold a shutdown for it.
         self.release_timeout_s = min(0.25, self.margin_s)
-        self.terms = 0
 
     @property
     def handover_gap_s(self) -> float:
@@ -126,7 +116,6 @@ class LeaderElection:
             if acquired is None:
                 await self._pause_between_polls()
                 continue
-            self.terms += 1
             token = acquired.token
             try:
                 await self._lead(lead, acquired, sent_at)

@@ -8,11 +8,13 @@ Tests that pin a use case's own guarantee use these.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 
 import anyio
 
 from domain.price import Price
+from ports.lease import Acquired
 
 
 class SpyPriceCache:
@@ -60,3 +62,61 @@ class SpyPriceCache:
 
     async def get_many(self, symbols: Collection[str]) -> dict[str, Price]:
         return {s: self.values[s] for s in symbols if s in self.values}
+
+
+class SpyLease:
+    """A Lease that answers as scripted and keeps no lease of its own: no expiry, no token
+    check, so the fencing under test is the election's alone.
+
+    ``calls`` holds ``(time, "acquire" | "renew" | "release" | "wait_released", token, ttl_s or
+    timeout_s)`` in call order (a release is recorded once done: a cancelled caller never gets
+    there). ``wait_released`` waits its whole timeout: no release ever wakes it. ``grant``: acquire
+    answers a new token (``spy:1``, ``spy:2``...) rather than None; ``unknown_history`` goes
+    with it. ``acquire_delay_s``/``renew_delay_s``/``release_delay_s`` (``math.inf``: never
+    answers) delay each answer; ``fail`` makes every call raise ``ConnectionError`` (after the
+    delay); ``renew_answer`` is what a renewal answers.
+    """
+
+    ERROR = "spy lease: store unreachable (scripted)"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, str, str | None, float | None]] = []
+        self.grant = True
+        self.unknown_history = False
+        self.renew_answer = True
+        self.fail = False
+        self.acquire_delay_s = 0.0
+        self.renew_delay_s = 0.0
+        self.release_delay_s = 0.0
+        self._terms = 0
+
+    def times(self, what: str) -> list[float]:
+        return [t for t, op, _, _ in self.calls if op == what]
+
+    async def _answer_after(self, delay_s: float) -> None:
+        await (anyio.sleep_forever() if delay_s == math.inf else anyio.sleep(delay_s))
+        if self.fail:
+            raise ConnectionError(self.ERROR)
+
+    async def acquire(self, ttl_s: float) -> Acquired | None:
+        self.calls.append((anyio.current_time(), "acquire", None, ttl_s))
+        await self._answer_after(self.acquire_delay_s)
+        if not self.grant:
+            return None
+        self._terms += 1
+        return Acquired(f"spy:{self._terms}", unknown_history=self.unknown_history)
+
+    async def renew(self, token: str, ttl_s: float) -> bool:
+        self.calls.append((anyio.current_time(), "renew", token, ttl_s))
+        await self._answer_after(self.renew_delay_s)
+        return self.renew_answer
+
+    async def release(self, token: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        await self._answer_after(self.release_delay_s)
+        self.calls.append((anyio.current_time(), "release", token, None))
+
+    async def wait_released(self, timeout_s: float) -> None:
+        self.calls.append((anyio.current_time(), "wait_released", None, timeout_s))
+        await self._answer_after(0.0)
+        await anyio.sleep(timeout_s)

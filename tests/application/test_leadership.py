@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import anyio
+import anyio.abc
+import pytest
 
 from adapters.clock import VirtualClock
 from adapters.memory import InMemoryEventBus, InMemoryPriceCache, ScriptedQuoteFeed
 from adapters.memory.lease import InMemoryLease
 from application.leadership import LeaderElection
 from application.service import MarketDataService, ServiceConfig
-from application.status import Health, Role, StoreState
+from application.status import Health, Role, ServiceStatus, StoreState
 from ports.lease import Acquired
 from tests.application.helpers import T0, eventually, quote
+from tests.application.spies import SpyLease
 
 SYMBOLS = frozenset({"AAPL", "MSFT"})
 
@@ -208,3 +214,213 @@ async def test_a_standbys_health_follows_its_lease_polls(
             await eventually(lambda: all(i.service.status.store is StoreState.OK for i in (a, b)))
             assert anyio.current_time() - back <= a.election.retry_s + 0.1
             tg.cancel_scope.cancel()
+
+
+# -- the election's own timeline, against a lease that keeps no lease of its own ----------------
+# ttl 10 s: a standby polls every 1 s, the lease is written for 9 s and renewed every 3 s, the
+# margin is 0.5 s (a leader stops 8.5 s after it sent its last good renewal), the history wait
+# 3.5 s, and a release is given up after 0.25 s.
+
+
+class Leading:
+    """The ``lead`` coroutine: records when each term starts and when it is cancelled."""
+
+    def __init__(self, status: ServiceStatus) -> None:
+        self.status = status
+        self.started: list[float] = []
+        self.ended: list[float] = []
+        self.roles: list[Role] = []  # the role each term saw when it started
+        self.end_roles: list[Role] = []  # ... and when it was cancelled
+
+    async def __call__(self) -> None:
+        self.started.append(anyio.current_time())
+        self.roles.append(self.status.role)
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self.ended.append(anyio.current_time())
+            self.end_roles.append(self.status.role)
+
+
+class Election:
+    def __init__(self, ttl_s: float = 10.0) -> None:
+        self.lease = SpyLease()
+        self.status = ServiceStatus(started_at=0.0)
+        self.election = LeaderElection(self.lease, VirtualClock(), self.status, ttl_s=ttl_s)
+        self.lead = Leading(self.status)
+        self.scope = anyio.CancelScope()
+        self.returned_at: float | None = None
+        self.t0 = 0.0
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        self.t0 = anyio.current_time()
+        task_status.started()
+        with self.scope:
+            await self.election.run(self.lead)
+        self.returned_at = anyio.current_time() - self.t0
+
+    def role(self) -> Role:  # a call: mypy narrows attributes across awaits
+        return self.status.role
+
+    def store(self) -> StoreState:
+        return self.status.store
+
+    def store_error(self) -> str | None:
+        return self.status.store_error
+
+    def at(self, times: list[float]) -> list[float]:
+        """``times`` since the election started, rounded to the microsecond."""
+        return [round(t - self.t0, 6) for t in times]
+
+
+async def test_the_ttl_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"^ttl_s must be > 0, got 0$"):
+        LeaderElection(SpyLease(), VirtualClock(), ServiceStatus(started_at=0.0), ttl_s=0)
+    short = LeaderElection(SpyLease(), VirtualClock(), ServiceStatus(started_at=0.0), ttl_s=0.5)
+    assert short.hold_s == pytest.approx(0.45)
+
+
+async def test_a_standby_polls_every_tenth_of_the_ttl_a_leader_renews_every_third_of_it() -> None:
+    e = Election()
+    e.lease.grant = False
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(e.run)
+            await anyio.sleep(2.5)
+            assert e.role() is Role.STANDBY
+            e.lease.grant = True
+            await anyio.sleep(10)  # acquired at 3, renewed at 6, 9 and 12
+            calls = [(op, token, ttl) for _, op, token, ttl in e.lease.calls]
+            assert [c for c in calls if c[0] != "wait_released"] == [
+                ("acquire", None, 9.0), ("acquire", None, 9.0), ("acquire", None, 9.0),
+                ("acquire", None, 9.0), ("renew", "spy:1", 9.0), ("renew", "spy:1", 9.0),
+                ("renew", "spy:1", 9.0),
+            ]  # fmt: skip
+            assert e.at(e.lease.times("acquire")) == [0, 1, 2, 3]
+            assert e.at(e.lease.times("wait_released")) == [0, 1, 2]  # 1 s each
+            assert e.at(e.lease.times("renew")) == [6, 9, 12]
+            assert e.at(e.lead.started) == [3] and e.lead.ended == []
+            assert e.lead.roles == [Role.LEADER] and e.role() is Role.LEADER
+            tg.cancel_scope.cancel()
+
+
+async def test_with_no_record_of_an_earlier_leader_it_waits_a_renewal_period_and_margin() -> None:
+    e = Election()
+    e.lease.unknown_history = True
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(e.run)
+            await anyio.sleep(3.49)
+            assert e.lead.started == [] and e.role() is Role.STANDBY
+            await anyio.sleep(1)
+            assert e.at(e.lead.started) == [3.5] and e.lead.roles == [Role.LEADER]
+            tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("acquire_delay_s", "renew_delay_s", "ended_at"),
+    [(8.0, 0.0, 8.5), (0.0, 5.0, 11.5)],
+    ids=["acquisition", "renewal"],
+)
+async def test_a_lease_answered_late_counts_from_when_it_was_asked_for(
+    acquire_delay_s: float, renew_delay_s: float, ended_at: float
+) -> None:
+    """Fencing rule 1: the lease ends 9 s after the request was SENT; leadership ends 0.5 s
+    before that, however late the answer came, and nothing is renewed past that point."""
+    e = Election()
+    e.lease.acquire_delay_s = acquire_delay_s
+    e.lease.renew_delay_s = renew_delay_s
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(e.run)
+            await eventually(lambda: e.lead.ended != [])
+            assert e.at(e.lead.ended)[0] == ended_at
+            assert all(t < ended_at for t in e.at(e.lease.times("renew")))
+            assert e.lead.end_roles[0] is Role.STANDBY
+            tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("ttl_s", "ended_at"), [(10.0, 8.5), (1.0, 0.85)])
+async def test_a_renewal_that_never_answers_ends_leadership_the_margin_before_the_lease_ends(
+    ttl_s: float, ended_at: float
+) -> None:
+    """Acquired at 0 for 9 s (0.9 s): the renewal at 3 s (0.3 s) hangs; leadership ends at
+    8.5 s (0.85 s), the margin before the lease the store may have extended ends."""
+    e = Election(ttl_s)
+    e.lease.renew_delay_s = math.inf
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(e.run)
+            await anyio.sleep(ttl_s)
+            assert e.at(e.lease.times("renew"))[0] == pytest.approx(ttl_s * 0.3)
+            assert e.at(e.lead.ended)[0] == pytest.approx(ended_at)
+            assert e.lead.end_roles[0] is Role.STANDBY
+            tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["lost", "store-down"])
+async def test_a_renewal_refused_or_failed_ends_leadership_at_once(
+    fails: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused (another holder): leadership ends at once, the store is fine. Failed (store
+    unreachable): leadership ends at once too, the store is degraded with the error, said once
+    in the log."""
+    e = Election()
+    e.lease.renew_answer = False
+    with caplog.at_level(logging.WARNING, "application.leadership"), anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(e.run)
+            await anyio.sleep(2)
+            e.lease.fail = fails
+            await eventually(lambda: e.lead.ended != [])
+            assert e.at(e.lead.ended)[0] == 3.0 and e.lead.end_roles[0] is Role.STANDBY
+            if fails:
+                assert e.store() is StoreState.DEGRADED
+                assert e.store_error() == SpyLease.ERROR
+            else:
+                assert e.store() is StoreState.OK and e.store_error() is None
+            tg.cancel_scope.cancel()
+    renewal_lines = [r.getMessage() for r in caplog.records if "renewal" in r.getMessage()]
+    assert renewal_lines == ([f"lease renewal failed: {SpyLease.ERROR}"] if fails else [])
+
+
+async def test_leaving_releases_the_lease_shielded_a_hanging_release_holds_it_0_25_s() -> None:
+    """Shutdown while leading: the lease is released with our token (a standby takes over at
+    its next poll, not at expiry), even though the election is being cancelled; a store that
+    does not answer holds the exit 0.25 s at most."""
+    for release_delay_s, returned_at in ((0.0, 5.0), (5.0, 5.25)):
+        e = Election()
+        e.lease.release_delay_s = release_delay_s
+        with anyio.fail_after(100):
+            async with anyio.create_task_group() as tg:
+                await tg.start(e.run)
+                await anyio.sleep(5)
+                e.scope.cancel()
+                await eventually(lambda: e.returned_at is not None)  # noqa: B023
+        assert e.returned_at == pytest.approx(returned_at)
+        assert e.at(e.lead.ended) == [5.0] and e.role() is Role.STANDBY
+        released = [token for _, op, token, _ in e.lease.calls if op == "release"]
+        assert released == (["spy:1"] if release_delay_s == 0 else [])
+
+
+async def test_a_lease_store_outage_degrades_a_standby_once_and_its_recovery_clears_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    e = Election()
+    e.lease.grant = False
+    e.lease.fail = True
+    with caplog.at_level(logging.WARNING, "application.leadership"), anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(e.run)
+            await anyio.sleep(3.5)  # four polls fail
+            assert e.at(e.lease.times("acquire")) == [0, 1, 2, 3]
+            assert e.store() is StoreState.DEGRADED
+            assert e.store_error() == SpyLease.ERROR
+            e.lease.fail = False
+            await anyio.sleep(1)
+            assert e.store() is StoreState.OK and e.store_error() is None
+            tg.cancel_scope.cancel()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"lease store unreachable, standing by: {SpyLease.ERROR}",
+        "lease store reachable again",
+    ]
