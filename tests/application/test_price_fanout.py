@@ -5,12 +5,15 @@ time, in-memory adapters."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import anyio
 import pytest
 
 from adapters.clock import VirtualClock
 from adapters.memory import InMemoryEventBus, InMemoryPriceCache
-from application.price_fanout import PriceFanOut, TooManyClients
+from application.price_fanout import FanOutClient, PriceFanOut, TooManyClients
 from domain.price import Price, exact_mid
 from tests.application.helpers import T0, eventually
 
@@ -379,3 +382,250 @@ async def test_only_one_writer_feeds_the_fanout(
     feeding.__exit__(None, None, None)
     with fanout.fed_locally():  # free again once left
         pass
+
+
+# -- edges the mutation run found unpinned (issue 16) ------------------------------------------
+
+
+class DownBus(InMemoryEventBus):
+    """Subscribing fails while ``down``; every attempt's time is recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.attempts: list[float] = []
+
+    def subscribe(self, symbols=(), pattern=None):  # type: ignore[no-untyped-def]
+        self.attempts.append(anyio.current_time())
+        if self.down:
+            raise ConnectionError("redis down")
+        return super().subscribe(symbols, pattern)
+
+
+class ReadsCache(InMemoryPriceCache):
+    """Records the symbols of every ``get_many``."""
+
+    reads: list[set[str]]
+
+    async def get_many(self, symbols):  # type: ignore[no-untyped-def]
+        self.reads = getattr(self, "reads", [])
+        self.reads.append(set(symbols))
+        return await super().get_many(symbols)
+
+
+async def test_bus_retries_back_off_from_half_a_second_to_5_s_and_restart_after_a_recovery(
+    cache: InMemoryPriceCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The defaults: 0.5, 1, 2, 4, then 5 s between attempts; logged once per outage; after a
+    good subscription the next outage starts again at 0.5 s."""
+    bus = DownBus()
+    bus.down = True
+    fanout = PriceFanOut(bus, cache, encode=Price.to_json)
+    with caplog.at_level(logging.WARNING, "application.price_fanout"), anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(fanout.run)
+            async with fanout.connect(["AAPL"]):
+                t0 = anyio.current_time()
+                await eventually(lambda: len(bus.attempts) == 7)
+                assert [a - t0 for a in bus.attempts] == [0, 0.5, 1.5, 3.5, 7.5, 12.5, 17.5]
+                bus.down = False
+                await eventually(lambda: len(bus._subscribers) == 1)
+                bus.down = True
+                async with fanout.connect(["MSFT"]):  # re-subscribing: a second outage
+                    t1 = anyio.current_time()
+                    await eventually(lambda: len(bus.attempts) == 8 + 3)
+                    assert [a - t1 for a in bus.attempts[8:]] == [0, 0.5, 1.5]
+            tg.cancel_scope.cancel()
+    assert fanout.stats.bus_errors_total == 7 + 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "price fan-out: bus unavailable (redis down); retrying"
+    ] * 2
+
+
+async def test_bus_retry_delays_stop_doubling_at_1024_times_the_base(
+    cache: InMemoryPriceCache,
+) -> None:
+    """Under a large cap the delay doubles up to base x 2**10, then stays there (no overflow
+    however long the outage)."""
+    bus = DownBus()
+    bus.down = True
+    fanout = PriceFanOut(bus, cache, encode=Price.to_json, retry_base_s=1, retry_cap_s=1e9)
+    with anyio.fail_after(10_000):
+        async with anyio.create_task_group() as tg:
+            await tg.start(fanout.run)
+            async with fanout.connect(["AAPL"]):
+                await anyio.sleep(4095.5)  # attempts at 0, 1, 3, 7 ... 2047, 3071, 4095
+            tg.cancel_scope.cancel()
+    gaps = [round(b - a) for a, b in zip(bus.attempts, bus.attempts[1:], strict=False)]
+    assert gaps == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 1024, 1024]
+
+
+async def test_a_client_of_every_symbol_gets_the_subscribed_ones_image_and_any_update(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    """``connect(None)``: its symbols are those subscribed now; the fan-out follows the whole
+    bus for it and images every subscribed symbol from the cache."""
+    await cache.put_many([price("AAPL", 1, 2), price("MSFT", 3, 4), price("OLD", 5, 6)])
+    fanout = PriceFanOut(
+        bus, cache, encode=Price.to_json, all_symbols=lambda: frozenset({"AAPL", "MSFT"})
+    )
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(fanout.run)
+            async with fanout.connect(None) as every, fanout.connect(["AAPL"]) as named:
+                assert fanout.symbols_of(every) == {"AAPL", "MSFT"}
+                assert fanout.symbols_of(named) == {"AAPL"}
+                await eventually(lambda: len(bus._subscribers) == 1)
+                assert bus._subscribers[0].pattern == "*"
+                image = prices(await every.wait(1))
+                assert sorted(p.symbol for p in image) == ["AAPL", "MSFT"]  # not OLD
+                await bus.publish_many([price("NEW", 7, 8, T0 + 1)])
+                assert [p.symbol for p in prices(await every.wait(1))] == ["NEW"]
+                assert [p.symbol for p in prices(named.take())] == ["AAPL"]
+            tg.cancel_scope.cancel()
+
+
+async def test_a_named_clients_image_reads_only_what_the_table_lacks(
+    bus: InMemoryEventBus, clock: VirtualClock
+) -> None:
+    """One Redis read per new client, of its own symbols and only those the table does not
+    hold: never every subscribed symbol, never the whole table again."""
+    cache = ReadsCache(clock, ttl_s=300.0)
+    await cache.put_many([price("AAPL", 1, 2), price("MSFT", 3, 4)])
+    fanout = PriceFanOut(
+        bus, cache, encode=Price.to_json, all_symbols=lambda: frozenset({"AAPL", "MSFT", "X"})
+    )
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(fanout.run)
+            async with fanout.connect(["AAPL"]):
+                await eventually(lambda: len(bus._subscribers) == 1)
+                assert cache.reads == [{"AAPL"}]  # on subscribing
+                await fanout.image(["AAPL", "MSFT"])
+                assert cache.reads == [{"AAPL"}, {"MSFT"}]
+            tg.cancel_scope.cancel()
+
+
+async def test_clients_joining_with_the_same_symbols_keep_the_one_bus_subscription(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    fanout = fanout_of(bus, cache)
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(fanout.run)
+            async with fanout.connect(["AAPL"]):
+                await eventually(lambda: len(bus._subscribers) == 1)
+                first = bus._subscribers[0]
+                for _ in range(3):
+                    async with fanout.connect(["AAPL"]):
+                        await anyio.sleep(1)
+                        assert bus._subscribers == [first]
+                    await anyio.sleep(1)
+                    assert bus._subscribers == [first]
+            tg.cancel_scope.cancel()
+
+
+async def test_counts_of_sent_and_conflated_prices_add_up_across_symbols_and_takes(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    fanout = fanout_of(bus, cache)
+    async with fanout.connect(None) as client:
+        fanout.update(price("A", 1, 2, T0))
+        fanout.update(price("B", 1, 2, T0))
+        assert len(client.take()) == 2
+        for i in range(1, 4):  # 3 updates of A and of B: 2 skipped each
+            fanout.update(price("A", 1 + i, 2 + i, T0 + i))
+            fanout.update(price("B", 1 + i, 2 + i, T0 + i))
+        assert len(client.take()) == 2
+        assert client.conflated == 4
+        for i in range(4, 6):  # 2 updates of A: 1 skipped
+            fanout.update(price("A", 1 + i, 2 + i, T0 + i))
+        assert len(client.take()) == 1
+    assert client.conflated == 5 and fanout.stats.conflated_total == 5
+    assert fanout.stats.sent_total == 5
+    fanout.dropped()
+    fanout.dropped()
+    assert fanout.stats.dropped_total == 2
+
+
+async def test_a_price_stamped_exactly_at_the_skew_limit_is_taken(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache, clock: VirtualClock
+) -> None:
+    fanout = PriceFanOut(bus, cache, encode=Price.to_json, clock=clock, max_future_skew_s=5)
+    async with fanout.connect(["AAPL"]) as client:
+        fanout.update(price("AAPL", 1, 2, clock.now_ns() + 5 * 10**9))
+        assert [p.bid for p in prices(client.take())] == [1]
+        assert fanout.stats.future_refused == 0
+
+
+async def test_a_client_of_every_symbol_wakes_on_any_update_and_leaves_no_registration(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    fanout = fanout_of(bus, cache)
+    async with fanout.connect(None) as client, anyio.create_task_group() as tg:
+        assert await client.wait(5) == []  # timed out
+        assert fanout._waiting_all == {}
+
+        async def later() -> None:
+            await anyio.sleep(2)
+            fanout.update(price("ANY", 1, 2))
+
+        tg.start_soon(later)
+        start = anyio.current_time()
+        assert [p.symbol for p in prices(await client.wait(15))] == ["ANY"]
+        assert anyio.current_time() - start == pytest.approx(2)
+        assert fanout._waiting_all == {} and fanout._waiting == {}
+
+
+async def test_clients_waiting_on_shared_symbols_come_and_go_in_any_order(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    """A client that gives up waiting leaves the others' wake-ups in place; one woken while
+    another starts waiting on the same symbol cleans up after itself only; afterwards no
+    registration is left (a client's memory goes with it)."""
+    fanout = fanout_of(bus, cache)
+    woken: dict[str, float] = {}
+
+    async def waits(client: FanOutClient, name: str, timeout_s: float) -> None:
+        if await client.wait(timeout_s):
+            woken[name] = anyio.current_time()
+
+    with anyio.fail_after(100):
+        async with (
+            fanout.connect(["A", "B"]) as x,
+            fanout.connect(["B"]) as y,
+            fanout.connect(["A"]) as z,
+            anyio.create_task_group() as tg,
+        ):
+            start = anyio.current_time()
+            tg.start_soon(waits, x, "x", 1)  # gives up at 1 s
+            tg.start_soon(waits, y, "y", 60)
+            await anyio.sleep(2)
+            fanout.update(price("B", 1, 2))
+            await eventually(lambda: "y" in woken)
+            assert woken["y"] - start == pytest.approx(2)  # not at 60 s
+            assert fanout._waiting == {}
+
+            assert [p.symbol for p in prices(x.take())] == ["B"]
+            tg.start_soon(waits, x, "x", 60)
+            await eventually(lambda: "A" in fanout._waiting)
+            z.take()
+            fanout.update(price("A", 1, 2))  # x is woken...
+            assert [p.symbol for p in prices(z.take())] == ["A"]
+            await z.wait(1)  # ...while z starts waiting on A, before x cleaned up
+            await eventually(lambda: "x" in woken)
+            assert fanout._waiting == {}
+
+
+async def test_by_default_the_table_holds_10_000_symbols_and_100_clients_are_served(
+    bus: InMemoryEventBus, cache: InMemoryPriceCache
+) -> None:
+    fanout = PriceFanOut(bus, cache, encode=lambda p: b"")
+    for i in range(10_001):
+        fanout.update(price(f"S{i}", 1, 2))
+    assert fanout.stats.symbols_over_cap == 1
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(100):
+            await stack.enter_async_context(fanout.connect(["S1"]))
+        with pytest.raises(TooManyClients):
+            await stack.enter_async_context(fanout.connect(["S1"]))
