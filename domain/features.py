@@ -1,9 +1,10 @@
 """Optional features that are failing now: the bookkeeping behind "optional features fail alone".
 
-Recording, metrics, the HTTP API and position sync are optional: when one fails, prices keep
-flowing, the feature stops or degrades, and it is reported here (one entry per failing
-feature, a failure count per feature). ``/health`` (status ``degraded`` and a detail) and
-``/metrics`` (``mds_feature_failing{feature}``, ``mds_feature_failures_total{feature}``) read it.
+Recording, metrics, the HTTP API (and its live stream) and position sync are optional: when
+one fails, prices keep flowing, the feature stops or degrades, and it is reported here (one
+entry per failing feature, a failure count per feature). ``/health`` (status ``degraded`` and
+a detail) and ``/metrics`` (``mds_feature_failing{feature}``,
+``mds_feature_failures_total{feature}``) read it.
 The adapter or use case that owns a feature logs its one error line when :meth:`fail` says the
 failure is new, and one line when :meth:`recover` says it is over.
 """
@@ -17,7 +18,8 @@ RECORDING: Final = "recording"
 METRICS: Final = "metrics"
 HTTP_API: Final = "http_api"
 POSITION_SYNC: Final = "position_sync"
-FEATURES: Final = (RECORDING, METRICS, HTTP_API, POSITION_SYNC)
+LIVE_STREAM: Final = "live_stream"  # /prices/stream's in-process feed on the streaming instance
+FEATURES: Final = (RECORDING, METRICS, HTTP_API, POSITION_SYNC, LIVE_STREAM)
 
 
 class FeatureHealth:

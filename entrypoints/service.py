@@ -37,6 +37,7 @@ from adapters.redis.lease import RedisLease
 from application.leadership import LeaderElection
 from application.service import MarketDataService
 from domain.errors import FatalFeedError, FatalStoreError
+from domain.features import LIVE_STREAM
 from entrypoints.container import Container, make_initial_image
 from entrypoints.http_limit import ConcurrencyLimit
 from entrypoints.optional import serve_http_alone
@@ -44,6 +45,7 @@ from entrypoints.settings import Settings, SettingsError, load_settings, unknown
 
 if TYPE_CHECKING:
     from application.price_fanout import PriceFanOut
+    from domain.price import Price
 
 log = logging.getLogger("mds")
 
@@ -153,8 +155,26 @@ async def stream_feeding(
     batch the writer publishes to the live stream's fan-out in-process meanwhile: the instance
     that publishes the prices does not read them back from the bus. Before and after (a
     standby), the fan-out follows the bus."""
+    features = service.status.features
+
     with fanout.fed_locally() as published:
-        service.stream.on_published = published
+
+        def feed(prices: Sequence[Price]) -> None:
+            # An optional feature fails alone: a fault in the live stream's table never reaches
+            # the writer (which would take it for a failed write and retry a published batch).
+            try:
+                published(prices)
+            except Exception as e:
+                if features.fail(LIVE_STREAM, f"{type(e).__name__}: {e}"[:200]):
+                    log.error(
+                        "live stream (/prices/stream) failing, prices keep flowing: %s: %s",
+                        type(e).__name__, e, exc_info=True,
+                    )  # fmt: skip
+            else:
+                if LIVE_STREAM in features.failing and features.recover(LIVE_STREAM):
+                    log.info("live stream (/prices/stream) works again")
+
+        service.stream.on_published = feed
         try:
             await service.run(task_status=task_status)  # its final flush still feeds it
         finally:

@@ -131,3 +131,41 @@ async def test_leader_in_process_standby_via_the_bus_and_a_takeover_switches(
             assert_in_order_without_repeats(second_got)
             assert_in_order_without_repeats(first_got)
             tg.cancel_scope.cancel()
+
+
+async def test_a_failing_live_stream_feed_fails_alone(monkeypatch: Any) -> None:
+    """An optional feature fails alone: a fault in the fan-out's in-process feed never reaches
+    the writer (prices go on being published, none retried), /health and mds_feature_failing
+    name it, and it recovers by itself when the fault is gone."""
+    from application.price_fanout import PriceFanOut
+
+    broken = True
+    original = PriceFanOut.published
+
+    def published(self: PriceFanOut, prices: Any) -> None:
+        if broken:
+            raise RuntimeError("table bug")
+        original(self, prices)
+
+    monkeypatch.setattr(PriceFanOut, "published", published)
+    settings = load_settings(EMBEDDED)
+    got: list[dict[str, Any]] = []
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg, httpx.AsyncClient() as http:
+            running: Running = await tg.start(run, settings)
+            url = running.http_urls[0]
+            await tg.start(read_prices, url, "AAPL", got)
+            counters = running.service.status.counters
+            await wait_for(lambda: "live_stream" in running.service.status.features.failing)
+            before = counters["published"]
+            await wait_for(lambda: counters["published"] >= before + 20)  # prices flow on
+            health = (await http.get(f"{url}/health")).json()
+            assert health["status"] == "degraded" and "live_stream failing" in health["detail"]
+            metrics = (await http.get(f"{url}/metrics")).text
+            assert 'mds_feature_failing{feature="live_stream"} 1.0' in metrics
+            broken = False
+            await wait_for(lambda: "live_stream" not in running.service.status.features.failing)
+            seen = len(got)
+            await wait_for(lambda: len(got) > seen)  # the client gets prices again
+            assert_in_order_without_repeats(got)
+            tg.cancel_scope.cancel()
