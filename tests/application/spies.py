@@ -22,7 +22,9 @@ class SpyPriceCache:
 
     ``batches`` holds each successful ``put_many`` batch; ``values`` the last price written per
     symbol. ``gate`` (when set) makes the next write wait for it; ``fail_next`` makes that many
-    next writes raise ``ConnectionError`` (after the gate).
+    next writes raise ``ConnectionError`` (after the gate). ``latency_s`` makes every write take
+    that long (virtual time, before the gate); ``attempts_at`` holds the loop time at which each
+    write was asked for, failed or not.
     """
 
     def __init__(self, ttl_s: float = 300.0) -> None:
@@ -33,6 +35,8 @@ class SpyPriceCache:
         self.entered = anyio.Event()  # set when a write is waiting at the gate
         self.fail_next = 0
         self.failed_batches: list[list[Price]] = []
+        self.latency_s = 0.0
+        self.attempts_at: list[float] = []
 
     @property
     def ttl_s(self) -> float:
@@ -44,6 +48,9 @@ class SpyPriceCache:
         return [p for batch in self.batches for p in batch]
 
     async def put_many(self, prices: Sequence[Price]) -> Sequence[Price]:
+        self.attempts_at.append(anyio.current_time())
+        if self.latency_s:
+            await anyio.sleep(self.latency_s)
         gate = self.gate
         if gate is not None:
             self.entered.set()
