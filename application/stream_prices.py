@@ -112,6 +112,7 @@ class StreamMidPrices:
         self._newest_ts: dict[str, int] = {}
         self._wakeup = anyio.Event()
         self._writing = False
+        self._in_flight = 0  # prices handed to the store whose write has not returned
         self._idle_event: anyio.Event | None = None  # made only while someone waits for idle
         self._refusing = False  # the store refused every price of the last batch
         # Called with every batch once published (what the cache applied, in publish order),
@@ -242,6 +243,12 @@ class StreamMidPrices:
     def pending(self) -> int:
         return len(self._queue) + len(self._latest)
 
+    @property
+    def unwritten(self) -> int:
+        """Prices not known to be written: pending, plus the batch whose write has not
+        returned (what an exit now would drop; the shutdown flush's write is such a batch)."""
+        return len(self._queue) + len(self._latest) + self._in_flight
+
     def count_unpriced(self, symbols: Iterable[str], since_ns: int) -> int:
         """How many of ``symbols`` have no price with a venue time at or after ``since_ns``."""
         newest = self._newest_ts
@@ -275,6 +282,7 @@ class StreamMidPrices:
 
     async def _write_once(self) -> bool:
         batch = self._take_batch()
+        self._in_flight = len(batch)
         status = self._status
         start = self._clock.monotonic()
         try:
@@ -284,6 +292,7 @@ class StreamMidPrices:
             # Cancelled mid-write (shutdown, leadership lost): the call was abandoned and may
             # not have landed. Keep the batch pending (re-applying is harmless: latest-wins),
             # so the shutdown flush retries it or counts it as dropped.
+            self._in_flight = 0
             self._put_back(batch)
             raise
         except ConnectionError as e:
@@ -299,6 +308,7 @@ class StreamMidPrices:
                 batch = e.unwritten
             if status.store is StoreState.DEGRADED:
                 self._conflating = True
+            self._in_flight = 0
             self._put_back(batch)
             status.counters["cache_write_errors"] += 1
             if status.store is not StoreState.DEGRADED:
@@ -307,6 +317,7 @@ class StreamMidPrices:
             status.store_error = str(e)
             status.pending_writes = self.pending
             return False
+        self._in_flight = 0
         elapsed = self._clock.monotonic() - start
         if status.store is StoreState.DEGRADED:
             log.warning("price store back after an outage; wrote %d latest prices", len(applied))

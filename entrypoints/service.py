@@ -242,7 +242,7 @@ async def run(
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(
-                    partial(cancel_on_signals, pending=lambda: service.stream.pending),
+                    partial(cancel_on_signals, pending=lambda: service.stream.unwritten),
                     tg.cancel_scope,
                 )
                 if image is not None:  # its own task: a slow REST call never holds the stream

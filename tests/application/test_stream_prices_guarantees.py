@@ -8,11 +8,13 @@ exactly, then lets it go, so no later traffic can hide a wrong intermediate stat
 
 from __future__ import annotations
 
+import anyio
+
 from adapters.clock import VirtualClock
 from adapters.memory import InMemoryEventBus, InMemoryPriceCache
 from application.status import StoreState
 from domain.price import Price
-from tests.application.helpers import T0
+from tests.application.helpers import T0, eventually
 from tests.application.stream_harness import running
 
 # -- never older over newer: the use case's own guard ------------------------------------------
@@ -210,3 +212,33 @@ async def test_a_backlog_of_exactly_max_batch_goes_in_one_batch(
         h.handle(("A", 1, 10.1), ("A", 2, 10.2), ("A", 3, 10.3))
         h.release()
     assert [len(b) for b in h.spy.batches] == [1, 3]
+
+
+# -- what an exit now would drop ----------------------------------------------------------------
+
+
+async def test_a_batch_being_written_still_counts_as_unwritten(
+    clock: VirtualClock, bus: InMemoryEventBus
+) -> None:
+    """``unwritten`` (what a second shutdown signal reports as dropped) counts the batch in the
+    store's hands until its write returns, once: a failed write's put-back is not counted
+    twice. Was: only ``pending`` was reported, so a second SIGTERM during the shutdown flush's
+    write to a frozen Redis logged "0 prices dropped" (test_signals failed 1 run in 5)."""
+    async with running(clock, bus) as h:
+        h.handle(("A", 1, 10.0), ("B", 1, 20.0))
+        await h.hold_next_write()  # the writer holds [A@1, B@1]
+        h.handle(("C", 1, 30.0))
+        assert (h.stream.pending, h.stream.unwritten) == (1, 3)
+        h.spy.fail_next = 1
+        gate = h.spy.gate
+        h.spy.gate, h.spy.entered = anyio.Event(), anyio.Event()  # hold the retry too
+        assert gate is not None
+        gate.set()  # the held write fails: all three are pending again (put back, not lost)
+        await eventually(lambda: h.status.counters["cache_write_errors"] == 1, step_s=0.001)
+        assert (h.stream.pending, h.stream.unwritten) == (3, 3)  # before the 0.05 s retry
+        await h.spy.entered.wait()  # the retry holds all three
+        assert (h.stream.pending, h.stream.unwritten) == (0, 3)
+        h.release()
+        await h.stream.wait_idle()
+        assert (h.stream.pending, h.stream.unwritten) == (0, 0)
+    assert sorted(p.symbol for p in h.spy.written) == ["A", "B", "C"]  # each once
