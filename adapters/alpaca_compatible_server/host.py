@@ -50,6 +50,9 @@ class ServerStats:
     accept_times: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     """``trio.current_time()`` of each accepted connection, stamped on accepting (a test reading
     the counter later would stamp it late; these are never earlier than the client's connect)."""
+    rejected_upgrade_times: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    """``trio.current_time()`` of each upgrade answered with an HTTP error, stamped before the
+    answer is sent (as ``error_times``)."""
     error_times: dict[int, deque[float]] = field(default_factory=dict)
     """By code, ``trio.current_time()`` of each error message, stamped before it is sent (so
     never later than the client's receipt: gaps measured from here are never too long)."""

@@ -248,6 +248,7 @@ class AlpacaCompatibleServer:
             return
         if self.faults.http_429_at_upgrade:
             self.stats.upgrades_rejected += 1
+            self.stats.rejected_upgrade_times.append(trio.current_time())
             self.notify()
             await request.reject(
                 429, extra_headers=[(b"Retry-After", b"1")], body=b"Too Many Requests"
@@ -256,6 +257,7 @@ class AlpacaCompatibleServer:
         endpoint = self._endpoints.get(request_path(request.path))
         if endpoint is None:
             self.stats.upgrades_rejected += 1
+            self.stats.rejected_upgrade_times.append(trio.current_time())
             self.notify()
             await request.reject(404, body=b"Not Found")
             return

@@ -7,10 +7,9 @@ when its block exits."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import anyio
@@ -64,24 +63,6 @@ def quotes_of_active_session(server: AlpacaCompatibleServer) -> frozenset[str]:
         if session.authenticated:
             return session.subscriptions["quotes"]
     return frozenset()
-
-
-async def record_times(
-    server: AlpacaCompatibleServer, read: Callable[[], int], times: list[float]
-) -> None:
-    """Append ``anyio.current_time()`` to ``times`` for every increment of the server counter
-    ``read()`` (woken by the server's own change notifications), until cancelled."""
-    seen = read()
-    while True:
-        await server.wait_until(partial(_above, read, seen))
-        now = anyio.current_time()
-        current = read()
-        times.extend([now] * (current - seen))
-        seen = current
-
-
-def _above(read: Callable[[], int], floor: int) -> bool:
-    return read() > floor
 
 
 @dataclass

@@ -22,7 +22,6 @@ from tests.fault.helpers import (
     NewestPrices,
     alpaca_server,
     quotes_of_active_session,
-    record_times,
     service_process,
     subscribe_prices,
     wall_ns,
@@ -173,20 +172,21 @@ async def test_http_429_at_the_upgrade_waits_at_least_5_s(
         ) as service,
     ):
         await wait_streaming(server, service)
-        connects: list[float] = []
-        rejected: list[float] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(record_times, server, lambda: server.stats.connections_accepted, connects)
-            tg.start_soon(record_times, server, lambda: server.stats.upgrades_rejected, rejected)
-            server.faults.http_429_at_upgrade = True
-            await server.drop_connections()
-            with anyio.fail_after(10):
-                await server.wait_until(lambda: server.stats.upgrades_rejected >= 1)
-            server.faults.http_429_at_upgrade = False
-            with anyio.fail_after(10):
-                await server.wait_until(lambda: len(connects) >= 2)
-            await wait_streaming(server, service)
-            tg.cancel_scope.cancel()
+        accepted_before = server.stats.connections_accepted
+        server.faults.http_429_at_upgrade = True
+        await server.drop_connections()
+        with anyio.fail_after(10):
+            await server.wait_until(lambda: server.stats.upgrades_rejected >= 1)
+        server.faults.http_429_at_upgrade = False
+        with anyio.fail_after(10):
+            await server.wait_until(
+                lambda: server.stats.connections_accepted >= accepted_before + 2
+            )
+        await wait_streaming(server, service)
+    # Stamped by the server itself (see the 407 test; was: by test tasks woken after the fact,
+    # which under load could stamp the 429 late and make the gap look shorter than it was).
+    rejected = list(server.stats.rejected_upgrade_times)
+    connects = list(server.stats.accept_times)[accepted_before:]
 
     assert len(rejected) == 1
     # connects[0] is the refused attempt, connects[1] the next one.
