@@ -12,9 +12,11 @@ import anyio
 
 from adapters.clock import VirtualClock
 from adapters.memory import InMemoryEventBus, InMemoryPriceCache
-from application.status import StoreState
+from application.status import ServiceStatus, StoreState
+from application.stream_prices import StreamMidPrices
 from domain.price import Price
-from tests.application.helpers import T0, eventually
+from tests.application.helpers import T0, eventually, quote
+from tests.application.spies import SpyPriceCache
 from tests.application.stream_harness import running
 
 # -- never older over newer: the use case's own guard ------------------------------------------
@@ -242,3 +244,21 @@ async def test_a_batch_being_written_still_counts_as_unwritten(
         await h.stream.wait_idle()
         assert (h.stream.pending, h.stream.unwritten) == (0, 0)
     assert sorted(p.symbol for p in h.spy.written) == ["A", "B", "C"]  # each once
+
+
+async def test_a_write_cut_by_the_flush_deadline_is_dropped_once_and_nothing_stays_unwritten(
+    clock: VirtualClock, bus: InMemoryEventBus
+) -> None:
+    """The shutdown flush gives up on a write that does not return (a frozen store): the batch
+    is put back, counted as dropped once, and discarded; ``unwritten`` is then 0 (the cut
+    write is not still counted as in the store's hands)."""
+    spy = SpyPriceCache()
+    status = ServiceStatus(started_at=0.0)
+    stream = StreamMidPrices(spy, bus, clock, status)
+    stream.handle([quote("A", 10.0, 10.02, T0 + 1), quote("B", 20.0, 20.02, T0 + 1)])
+    spy.gate = anyio.Event()  # never set: the write never returns
+    with anyio.fail_after(30):
+        left = await stream.flush(1.0)
+    assert left == 2 and status.counters["dropped"] == 2
+    assert (stream.pending, stream.unwritten) == (0, 0)
+    assert spy.batches == []
