@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         results = {n: s for n, s in results.items() if n.startswith(tuple(args.module))}
     counts = Counter(results.values())
     equivalent = listed_equivalents()
+    if args.module:
+        equivalent = {n for n in equivalent if n.startswith(tuple(args.module))}
     killed = {n for n, s in results.items() if s in ("killed", "timeout")}
     alive = {n for n, s in results.items() if s not in ("killed", "timeout")}
     unexplained = sorted(alive - equivalent)
@@ -68,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"equivalent (listed with a reason): {len(equivalent & alive)}")
     print(f"mutation score domain/ + application/: {score:.1f} % killed "
           f"({len(killed)}/{considered}; {raw:.1f} % of all {len(results)})")  # fmt: skip
+    for package in ("domain", "application"):
+        names = {n for n in results if n.startswith(package + ".")}
+        if names:
+            n_killed = len(names & killed)
+            n_considered = len(names) - len(names & equivalent & alive)
+            print(f"  {package}/: {100.0 * n_killed / n_considered:.1f} % killed "
+                  f"({n_killed}/{n_considered})")  # fmt: skip
     for name in stale:
         print(f"listed as equivalent but now killed (remove it from equivalent.md): {name}")
     for name in unexplained:
