@@ -77,7 +77,8 @@ class SpyLease:
 
     ``calls`` holds ``(time, "acquire" | "renew" | "release" | "wait_released", token, ttl_s or
     timeout_s)`` in call order (a release is recorded once done: a cancelled caller never gets
-    there). ``wait_released`` waits its whole timeout: no release ever wakes it. ``grant``: acquire
+    there). ``wait_released`` waits its whole timeout: no release ever wakes it; with
+    ``fail_waits`` it raises ``ConnectionError`` (the other calls answer). ``grant``: acquire
     answers a new token (``spy:1``, ``spy:2``...) rather than None; ``unknown_history`` goes
     with it. ``acquire_delay_s``/``renew_delay_s``/``release_delay_s`` (``math.inf``: never
     answers) delay each answer; ``fail`` makes every call raise ``ConnectionError`` (after the
@@ -92,6 +93,7 @@ class SpyLease:
         self.unknown_history = False
         self.renew_answer = True
         self.fail = False
+        self.fail_waits = False
         self.acquire_delay_s = 0.0
         self.renew_delay_s = 0.0
         self.release_delay_s = 0.0
@@ -126,4 +128,6 @@ class SpyLease:
     async def wait_released(self, timeout_s: float) -> None:
         self.calls.append((anyio.current_time(), "wait_released", None, timeout_s))
         await self._answer_after(0.0)
+        if self.fail_waits:
+            raise ConnectionError(self.ERROR)
         await anyio.sleep(timeout_s)

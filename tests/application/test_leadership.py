@@ -424,3 +424,25 @@ async def test_a_lease_store_outage_degrades_a_standby_once_and_its_recovery_cle
         f"lease store unreachable, standing by: {SpyLease.ERROR}",
         "lease store reachable again",
     ]
+
+
+async def test_a_standby_whose_wait_for_a_release_fails_is_degraded_and_polls_after_retry_s(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The lease answered, then waiting for a release between polls failed: this standby's
+    store is degraded with the error (said in the log), and it waits the plain retry_s."""
+    e = Election()
+    e.lease.grant = False
+    e.lease.fail_waits = True
+    with caplog.at_level(logging.WARNING, "application.leadership"), anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(e.run)
+            await anyio.sleep(0.5)
+            assert e.store() is StoreState.DEGRADED
+            assert e.store_error() == SpyLease.ERROR
+            await anyio.sleep(2)
+            assert e.at(e.lease.times("acquire")) == [0, 1, 2]
+            tg.cancel_scope.cancel()
+    assert caplog.records[0].getMessage() == (
+        f"lease store unreachable, standing by: {SpyLease.ERROR}"
+    )
