@@ -74,11 +74,6 @@ def exact_mid(bid: float, ask: float) -> float:
     return float((Decimal(repr(bid)) + Decimal(repr(ask))) / 2)
 
 
-def mid_decimal(bid: float, ask: float) -> Decimal:
-    """The exact midpoint as a ``Decimal`` (for callers that want decimal arithmetic)."""
-    return (Decimal(repr(bid)) + Decimal(repr(ask))) / 2
-
-
 def no_mid_reason(bid: float, ask: float) -> NoMid | None:
     """None when the quote gives a mid, else why not (see the module's mid rule)."""
     if not bid > 0.0:
@@ -108,9 +103,6 @@ class Price(NamedTuple):
     @property
     def timestamp(self) -> str:
         return format_ns(self.ts_event_ns)
-
-    def mid_as_decimal(self) -> Decimal:
-        return Decimal(repr(self.mid))
 
     def to_json(self, timestamp: str | None = None) -> bytes:
         """The contract JSON, encoded once and reused for the cache and the channel.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import calendar
 import time
-from datetime import UTC, datetime
 from functools import lru_cache
 
 NS_PER_SECOND = 1_000_000_000
@@ -60,9 +59,3 @@ def parse_rfc3339_ns(text: str) -> int:
     if body[19] != "." or not fraction.isdigit() or len(fraction) > 9:
         raise ValueError(f"bad fraction of a second in {text!r}")
     return seconds * NS_PER_SECOND + int(fraction.ljust(9, "0"))
-
-
-def ns_to_datetime(ts_ns: int) -> datetime:
-    """The timestamp as an aware UTC ``datetime`` (truncated to microseconds)."""
-    seconds, nanos = divmod(ts_ns, NS_PER_SECOND)
-    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=nanos // 1000)
