@@ -12,6 +12,7 @@ from domain.assets import (
     AssetClass,
     classify,
     crypto_stream_symbol,
+    is_crypto_pair,
     is_occ_symbol,
     parse_asset_classes,
     route,
@@ -111,3 +112,35 @@ def test_crypto_mid_equals_decimal_arithmetic(a: Decimal, b: Decimal) -> None:
     assert mid == float(exact)  # the double nearest to the exact decimal midpoint
     if len(exact.normalize().as_tuple().digits) <= 15:
         assert Decimal(repr(mid)) == exact  # prints as that decimal, no binary noise
+
+
+@pytest.mark.parametrize(
+    ("symbol", "pair"),
+    [
+        ("BTC/USD", True),
+        ("AAPL", False),  # no slash
+        ("BTC/", False),  # nothing after it
+        ("/USD", False),  # nothing before it
+        ("A/B/C", False),  # two slashes
+    ],
+)
+def test_a_crypto_pair_is_one_slash_between_two_names(symbol: str, pair: bool) -> None:
+    assert is_crypto_pair(symbol) is pair
+
+
+def test_a_symbol_with_two_slashes_is_routed_as_a_stock_not_a_pair() -> None:
+    assert classify("A/B/C") is AssetClass.US_EQUITY
+
+
+def test_empty_items_in_an_asset_class_list_are_skipped_not_the_end_of_it() -> None:
+    assert parse_asset_classes("us_equity,,crypto") == {AssetClass.US_EQUITY, AssetClass.CRYPTO}
+    assert parse_asset_classes(",us_option") == {AssetClass.US_OPTION}
+
+
+def test_an_unknown_asset_class_is_named_with_the_ones_allowed() -> None:
+    with pytest.raises(ValueError) as info:
+        parse_asset_classes("bonds")
+    assert str(info.value) == "unknown asset class 'bonds' (use us_equity, crypto, us_option)"
+    with pytest.raises(ValueError) as empty:
+        parse_asset_classes(" , ")
+    assert str(empty.value) == "names no asset class"

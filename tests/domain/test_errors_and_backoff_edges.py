@@ -80,3 +80,22 @@ def test_a_failure_forgets_the_connection_so_it_never_counts_as_healthy() -> Non
     tracker.on_failure()
     assert tracker.connected_at is None
     assert not tracker.healthy_at(1_000.0) and tracker.attempts == 1
+
+
+def test_a_long_invalid_symbol_is_named_by_its_first_40_characters_and_its_length() -> None:
+    fits = "A" * 38  # its repr, quotes included, is 40 characters: shown in full
+    assert str(InvalidSymbol(fits, "bad")) == f"invalid symbol '{fits}': bad"
+    long = "B" * 500
+    assert str(InvalidSymbol(long, "bad")) == (f"invalid symbol '{'B' * 39}… (500 characters): bad")
+
+
+def test_a_fatal_store_errors_repr_carries_its_reason() -> None:
+    # repr (what %r log fields and printed containers show) names the reason, not None.
+    assert repr(FatalStoreError("wrong password", setting="REDIS_URL")) == (
+        "FatalStoreError('wrong password')"
+    )
+
+
+def test_symbols_rejected_keeps_its_reason() -> None:
+    error = SymbolsRejected("not allowed", frozenset({"X"}), code=400)
+    assert error.reason == "not allowed" and str(error) == "not allowed (code 400)"

@@ -11,7 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from domain.market import Quote
-from domain.price import NoMid, Price, exact_mid, price_from_quote
+from domain.price import NoMid, Price, exact_mid, no_mid_reason, price_from_quote
 from domain.timestamps import format_ns, parse_rfc3339_ns
 from tests.price_contract import PriceContractError, check_price, check_price_json
 
@@ -178,3 +178,99 @@ def test_rfc3339_with_0_to_9_fraction_digits(text: str, ns: int) -> None:
 def test_bad_timestamps_raise(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_rfc3339_ns(bad)
+
+
+def test_no_mid_reason_for_sub_dollar_and_locked_quotes() -> None:
+    assert no_mid_reason(0.5, 0.6) is None
+    assert no_mid_reason(10.0, 10.0) is None  # locked: a mid, not crossed
+    assert no_mid_reason(0.0, 0.6) is NoMid.EMPTY_BID
+    assert no_mid_reason(0.5, 0.0) is NoMid.EMPTY_ASK
+    assert no_mid_reason(0.5, 0.4) is NoMid.CROSSED  # crossed below a dollar: not "empty"
+    assert price_from_quote(q(0.5, 0.4), "SIP") is NoMid.CROSSED
+    assert price_from_quote(q(0.4, 0.0), "SIP") is NoMid.EMPTY_ASK
+
+
+def test_to_json_uses_the_timestamp_the_caller_already_formatted() -> None:
+    price = Price("A", 1.0, 2.0, 1.5, 0, "IEX", "V", "V")
+    text = "2021-02-22T15:51:45.335689322Z"
+    assert orjson.loads(price.to_json(text))["timestamp"] == text
+    assert orjson.loads(price.to_json())["timestamp"] == "1970-01-01T00:00:00.000000000Z"
+
+
+@pytest.mark.parametrize("odd", [0, 1, 2])
+def test_any_one_exchange_field_that_needs_escaping_is_escaped(odd: int) -> None:
+    fields = ["IEX", "V", "Q"]
+    fields[odd] = 'a"b'
+    price = Price("A", 1.0, 2.0, 1.5, 0, *fields)
+    obj = orjson.loads(price.to_json())
+    assert [obj["exchange"], obj["bid_exchange"], obj["ask_exchange"]] == fields
+
+
+@pytest.mark.off_contract_prices
+@pytest.mark.parametrize("field", ["bid", "ask", "mid"])
+def test_from_json_names_the_field_that_is_not_a_number(field: str) -> None:
+    record = {"symbol": "A", "bid": 1, "ask": 2, "mid": 1.5, "exchange": "V",
+              "timestamp": "2021-02-22T15:51:45.000000000Z", field: "1"}  # fmt: skip
+    with pytest.raises(ValueError) as info:
+        Price.from_json(orjson.dumps(record))
+    assert str(info.value) == f"price record field {field!r} is not a number: '1'"
+
+
+@pytest.mark.off_contract_prices
+def test_from_json_says_which_fields_must_be_strings_and_what_is_not_a_record() -> None:
+    record = (
+        b'{"symbol":1,"bid":1,"ask":2,"mid":1.5,"timestamp":"2021-02-22T15:51:45Z","exchange":"V"}'
+    )
+    with pytest.raises(ValueError) as info:
+        Price.from_json(record)
+    assert str(info.value) == (
+        "price record fields 'symbol', 'exchange', 'bid_exchange' and 'ask_exchange' "
+        "must be strings"
+    )
+    with pytest.raises(ValueError) as missing:
+        Price.from_json(b'{"symbol":"A"}')
+    assert str(missing.value) == "not a price record: 'bid'"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "2021-02-22T15:51:45.1234567890",  # 30 characters, no zone
+        "2021-02-22T15:51:45.123456789Zx",  # something after the Z
+        "2021-02-22T15:51:45.123456789z",  # lower-case zone
+        "2021-02-22t15:51:45.123456789Z",  # lower-case separator
+        "2021-02-22 15:51:45.123456789Z",  # a space for the T
+        "2021-02-22T15:51:45x123456789Z",  # no dot before the fraction
+        "2021-02-22T19:15:00x5Z",  # the same, short fraction
+        "2021-02-22T19:15:00.5x",  # no zone
+        "2021-02-22T19:15:00.1234567890Z",  # 10 fraction digits
+        "2021-02-22T15:51:45.12345678xZ",  # not a digit in 9 fraction places
+        "2021-02-22xT5:51:45.123456789Z",  # the T one place late
+    ],
+)
+def test_a_bad_timestamp_is_refused_naming_the_text(bad: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_rfc3339_ns(bad)
+    assert repr(bad) in str(info.value)
+
+
+def test_nine_fraction_digits_parse_with_either_utc_suffix() -> None:
+    assert parse_rfc3339_ns("2021-02-22T19:15:00.123456789+00:00") == 1_614_021_300_123_456_789
+    assert parse_rfc3339_ns("2021-02-22T19:15:00.123456789Z") == 1_614_021_300_123_456_789
+
+
+@pytest.mark.parametrize(
+    ("bid", "ask"),
+    [(150.25, 150.27), (0.5, 0.75), (0.00000001, 1.0), (33554431.99999999, 33554431.99999999)],
+)
+def test_prices_with_up_to_8_decimals_below_2_to_the_25_take_the_integer_path(
+    bid: float, ask: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path's fast case (the module docstring): such prices never touch Decimal."""
+    exact = (Decimal(repr(bid)) + Decimal(repr(ask))) / 2
+
+    def no_decimal(_: str) -> Decimal:
+        raise AssertionError("took the Decimal path")
+
+    monkeypatch.setattr("domain.price.Decimal", no_decimal)
+    assert exact_mid(bid, ask) == float(exact)

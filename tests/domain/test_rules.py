@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from domain.backoff import BackoffPolicy, ReconnectBackoff
+from domain.backoff import BackoffPolicy, ReconnectBackoff, SlotRetry
 from domain.connection import ConnectionState as S
 from domain.connection import ConnectionStateMachine
 from domain.errors import FatalFeedError, IllegalTransition, InvalidSymbol
@@ -15,7 +15,9 @@ from domain.staleness import (
     AgedPrice,
     age_seconds,
     future_limit_ns,
+    is_silent,
     is_stale,
+    silence_s,
     skew_ns,
     too_far_ahead,
 )
@@ -195,3 +197,97 @@ def test_fatal_error_names_the_setting() -> None:
     assert "check ALPACA_API_KEY" in str(
         FatalFeedError("auth failed", code=402, setting="ALPACA_API_KEY")
     )
+
+
+def test_a_symbol_of_the_longest_length_is_valid_one_longer_is_not() -> None:
+    longest = "AAPL240119C00100000XY"  # 21 characters, the length of an OCC symbol
+    assert validate_symbol(longest) == longest
+    with pytest.raises(InvalidSymbol) as info:
+        validate_symbol(longest + "Z")
+    assert info.value.why == "longer than 21 characters"
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (42, "not a string"),
+        (None, "not a string"),
+        ("", "empty"),
+        (
+            "aapl",
+            "use upper-case letters, digits, '.', '/' or '-', starting with a letter or digit",
+        ),
+    ],
+)
+def test_an_invalid_symbol_says_what_is_wrong_with_it(bad: object, why: str) -> None:
+    with pytest.raises(InvalidSymbol) as info:
+        validate_symbol(bad)
+    assert info.value.symbol == bad and info.value.why == why
+    assert str(info.value) == f"invalid symbol {bad!r}: {why}"
+
+
+def test_an_aged_price_carries_the_price_and_its_fractional_age() -> None:
+    ts = 1_000_000_000_000
+    price = Price("A", 1.0, 2.0, 1.5, ts, "V")
+    assert AgedPrice.at(price, ts + 5 * 10**8) == AgedPrice(price, 0.5, False)
+    far_ahead = AgedPrice.at(price, ts - 3600 * 10**9)
+    assert far_ahead.price is price and far_ahead.age_s == -3600.0 and far_ahead.stale
+
+
+def test_is_stale_uses_the_future_skew_it_is_given() -> None:
+    ts = 1_000_000_000_000
+    price = Price("A", 1.0, 2.0, 1.5, ts, "V")
+    ten_s_ahead = ts - 10 * 10**9
+    assert is_stale(price, ten_s_ahead)  # the default skew is 5 s
+    assert not is_stale(price, ten_s_ahead, max_future_skew_s=20)
+
+
+def test_a_slot_retry_needs_a_positive_cadence_no_longer_than_its_window() -> None:
+    assert (
+        SlotRetry(cadence_s=5.0, window_s=5.0).delay(
+            slot_taken=True, had_session=False, since_start_s=0.0
+        )
+        == 5.0
+    )
+    for cadence, window in ((0.0, 90.0), (-1.0, 90.0), (91.0, 90.0)):
+        with pytest.raises(ValueError) as info:
+            SlotRetry(cadence_s=cadence, window_s=window)
+        assert str(info.value) == f"bad slot retry: cadence {cadence}, window {window}"
+
+
+def test_silence_is_counted_from_the_last_data_or_from_when_data_was_expected() -> None:
+    s = 10**9
+    assert silence_s(None, 10 * s, 10 * s + s // 2) == 0.5  # nothing yet: since expected
+    assert silence_s(12 * s, 10 * s, 15 * s) == 3.0  # since the last data
+    assert silence_s(5 * s, 10 * s, 15 * s) == 5.0  # data before the symbols came: since then
+    assert silence_s(None, 10 * s, 10 * s - 3) == 0.0  # clocks read a few ns apart
+
+
+def test_a_silence_is_a_stall_only_when_longer_than_the_bound() -> None:
+    assert not is_silent(30.0, 30.0)
+    assert is_silent(30.001, 30.0)
+    assert not is_silent(1e9, None)  # no bound: quiet streams are normal
+
+
+def test_a_single_attempt_and_a_constant_delay_are_valid_policies() -> None:
+    once = BackoffPolicy(max_attempts=1)
+    assert once.next_delay(1) == 5.0 and once.next_delay(2) is None
+    flat = BackoffPolicy(factor=1.0)
+    assert [flat.next_delay(n) for n in (1, 2, 3)] == [5.0, 5.0, 5.0]
+
+
+def test_a_bad_policy_says_what_is_wrong() -> None:
+    with pytest.raises(ValueError) as info:
+        BackoffPolicy(factor=0.5)
+    assert str(info.value) == "bad backoff policy: base 5.0, cap 300.0, factor 0.5"
+    with pytest.raises(ValueError) as attempts:
+        BackoffPolicy(max_attempts=0)
+    assert str(attempts.value) == "max_attempts must be >= 1, got 0"
+
+
+def test_an_illegal_transition_names_where_it_was_and_where_it_was_asked_to_go() -> None:
+    machine = ConnectionStateMachine(S.FAILED)
+    with pytest.raises(IllegalTransition) as info:
+        machine.to(S.CONNECTING)
+    assert info.value.current is S.FAILED and info.value.target is S.CONNECTING
+    assert machine.state is S.FAILED
