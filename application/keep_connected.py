@@ -147,16 +147,10 @@ class KeepConnected:
     def _on_state(self, state: ConnectionState) -> None:
         self._status.set_state(state)
 
-    async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Stay connected until cancelled. Raises :class:`FatalFeedError` when it must stop.
-
-        ``task_status.started()`` is called once the first session is connected and
-        subscribed.
-        """
+    async def run(self) -> None:
+        """Stay connected until cancelled. Raises :class:`FatalFeedError` when it must stop."""
         try:
-            await self._run(task_status)
+            await self._run()
         finally:
             # Cancelled (shutdown, or leadership lost): not connected any more.
             self._status.data_expected_since_ns = None
@@ -164,9 +158,8 @@ class KeepConnected:
                 self._status.confirmed = frozenset()
                 self._status.set_state(ConnectionState.DISCONNECTED)
 
-    async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+    async def _run(self) -> None:
         status = self._status
-        started = False
         run_started = self._clock.monotonic()
         had_session = False  # in this run (a new leader, a fresh start: see SlotRetry)
         while True:
@@ -193,9 +186,6 @@ class KeepConnected:
                     log.info(
                         "connected; subscribed to %d symbol%s", count, "" if count == 1 else "s"
                     )
-                    if not started:
-                        started = True
-                        task_status.started()
                     await self._read(session)
             except RetryableFeedError as e:
                 self._session = None
@@ -232,7 +222,6 @@ class KeepConnected:
                     log.warning("cannot open a feed session (%s); retrying in %.1f s", e, delay)
                 await anyio.sleep(delay)
             except FatalFeedError as e:
-                self._session = None
                 self._fail(e)
             finally:
                 self._session = None
