@@ -62,7 +62,6 @@ class InitialImage:
             self._wakeup = anyio.Event()
             pending, self._pending = self._pending, {}
             for cls, symbols in pending.items():
-                counters["snapshot_requested"] += len(symbols)
                 quotes = await self._source.latest_quotes(cls, sorted(symbols))
                 counters["snapshot_quotes"] += len(quotes)
                 counters["snapshot_missing"] += len(symbols) - len(quotes)

@@ -5,7 +5,7 @@ refused (``refused_older``) and never published; a hanging source never holds th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 import pytest
@@ -13,9 +13,13 @@ import pytest
 from adapters.clock import VirtualClock
 from adapters.memory import InMemoryEventBus, InMemoryPriceCache, ScriptedQuoteFeed
 from application.initial_image import InitialImage
+from application.keep_connected import KeepConnected
 from application.service import MarketDataService, ServiceConfig
+from application.status import ServiceStatus
+from application.streams import Stream
 from domain.assets import AssetClass
-from domain.market import Quote
+from domain.backoff import BackoffPolicy
+from domain.market import MarketEvent, Quote
 from domain.price import Price, price_from_quote
 from ports.snapshot_source import SnapshotSource
 from tests.application.helpers import T0, eventually, quote
@@ -155,3 +159,50 @@ async def test_a_hanging_snapshot_source_never_holds_the_stream(
             assert source.calls  # asked, still waiting
             assert "QUIET" not in cache.values
             tg.cancel_scope.cancel()
+
+
+async def test_a_single_class_streams_symbols_are_asked_for_in_its_class_others_by_their_name(
+    clock: VirtualClock,
+) -> None:
+    """ODD is a crypto symbol whose name reads like a stock: from the crypto stream it is asked
+    for as crypto. A stream serving two classes asks for each symbol in the class of its name.
+    What the source answers goes to that class's handler; the counters add up across rounds."""
+    source = FakeSnapshots(
+        {s: quote(s, 1.0, 1.02, ts_ns=T0) for s in ("ODD", "AAPL")}, latency_s=0.0
+    )
+    handled: dict[AssetClass, list[str]] = {cls: [] for cls in AssetClass}
+
+    def handler(cls: AssetClass) -> Callable[[Sequence[MarketEvent]], None]:
+        return lambda events: handled[cls].extend(e.symbol for e in events)
+
+    status = ServiceStatus(started_at=0.0)
+    image = InitialImage(source, {cls: handler(cls) for cls in AssetClass}, status)
+    feed = ScriptedQuoteFeed(clock)
+
+    def stream(classes: frozenset[AssetClass]) -> Stream:
+        keep = KeepConnected(feed, clock, status, BackoffPolicy(), lambda events: None)
+        return Stream("s", classes, feed, status, keep)
+
+    crypto = stream(frozenset({AssetClass.CRYPTO}))
+    two = stream(frozenset({AssetClass.US_EQUITY, AssetClass.CRYPTO}))
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(image.run)
+            image.on_subscribed(crypto, frozenset({"ODD", "GONE"}))
+            c = status.counters  # every symbol asked for is counted, found or missing
+            await eventually(lambda: c["snapshot_quotes"] + c["snapshot_missing"] == 2)
+            image.on_subscribed(two, frozenset({"AAPL", "BTC/USD"}))
+            await eventually(lambda: c["snapshot_quotes"] + c["snapshot_missing"] == 4)
+            tg.cancel_scope.cancel()
+    assert source.calls[0] == (AssetClass.CRYPTO, ("GONE", "ODD"))
+    assert set(source.calls[1:]) == {
+        (AssetClass.US_EQUITY, ("AAPL",)),
+        (AssetClass.CRYPTO, ("BTC/USD",)),
+    }
+    assert handled == {
+        AssetClass.US_EQUITY: ["AAPL"],
+        AssetClass.CRYPTO: ["ODD"],
+        AssetClass.US_OPTION: [],
+    }
+    assert status.counters["snapshot_quotes"] == 2
+    assert status.counters["snapshot_missing"] == 2
