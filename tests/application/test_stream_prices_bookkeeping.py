@@ -450,3 +450,29 @@ async def test_the_smallest_bounds_that_work_are_accepted(
     with anyio.fail_after(10):
         assert await stream.flush(1.0) == 0
     assert [p.symbol for p in spy.written] == ["A"]
+
+
+async def test_the_in_process_listener_gets_every_published_batch_also_a_partial_writes_part(
+    clock: VirtualClock, bus: InMemoryEventBus
+) -> None:
+    """``on_published`` (the live stream's feed on the streaming instance) sees what the bus
+    got, batch by batch, in order: the applied part of a partial write, then its retry."""
+    cache = PartlyDownCache()
+    stream = StreamMidPrices(cache, bus, clock, ServiceStatus(started_at=0.0))
+    heard: list[list[tuple[str, int]]] = []
+    stream.on_published = lambda prices: heard.append(
+        [(p.symbol, p.ts_event_ns - T0) for p in prices]
+    )
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stream.run)
+            stream.handle([quote("X", 1.0, 1.02, T0 + 1), quote("Y", 1.0, 1.02, T0 + 1)])
+            await stream.wait_idle()
+            cache.partial = ({"A"}, {"B"})
+            stream.handle([quote(s, 1.0, 1.02, T0 + 2) for s in "AB"])
+            await stream.wait_idle()
+            tg.cancel_scope.cancel()
+    assert heard == [[("X", 1), ("Y", 1)], [("A", 2)], [("B", 2)]]
+    assert [x for batch in heard for x in batch] == [
+        (p.symbol, p.ts_event_ns - T0) for p in bus.published
+    ]
