@@ -283,7 +283,8 @@ async def test_the_writer_gets_the_observer_the_source_the_bound_and_the_skew(
         async with anyio.create_task_group() as tg:
             await tg.start(service.run)
             ahead = clock.now_ns() + 10 * S  # within 60 s, not within the default 5 s
-            service.stream.handle([quote("AAPL", 1, 1.02, ahead)])
+            early = quote("AAPL", 1, 1.02, ahead)._replace(ts_received_ns=clock.now_ns())
+            service.stream.handle([early])
             await eventually(lambda: "AAPL" in cache.values)
             assert cache.values["AAPL"].exchange == "SIM"
             assert observer.writes == [1]
