@@ -476,3 +476,22 @@ async def test_the_in_process_listener_gets_every_published_batch_also_a_partial
     assert [x for batch in heard for x in batch] == [
         (p.symbol, p.ts_event_ns - T0) for p in bus.published
     ]
+
+
+async def test_unwritten_counts_the_pending_prices_and_the_batch_being_written(
+    clock: VirtualClock, bus: InMemoryEventBus
+) -> None:
+    """What a second shutdown signal would drop: pending, plus the write not yet returned."""
+    async with running(clock, bus) as h:
+        assert h.stream.unwritten == 0  # nothing handed over yet
+        h.handle(("A", 1, 10.0), ("B", 1, 20.0))
+        await h.hold_next_write()
+        h.handle(("A", 2, 10.1))
+        assert (h.stream.pending, h.stream.unwritten) == (1, 3)
+        h.spy.fail_next = 1
+        h.release()
+        await h.hold_next_write()  # the retry: all three again, in one batch
+        assert (h.stream.pending, h.stream.unwritten) == (0, 3)
+        h.release()
+        await h.stream.wait_idle()
+        assert h.stream.unwritten == 0
