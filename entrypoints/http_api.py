@@ -145,6 +145,7 @@ class HttpOptions:
     sse_send_timeout_s: float = 10.0
     sse_min_interval_s: float = 0.1  # at most 10 writes a second per stream client
     sse_writes_per_s: float = 200.0  # and at most this many writes a second for all of them
+    stale_after_s: float = 300.0  # the page greys a price older than this (MDS_PRICE_TTL)
 
 
 class Unavailable(Exception):
@@ -218,8 +219,10 @@ def _error(status_code: int, detail: str, **extra: object) -> Response:
     return _json({"detail": detail, **extra}, status_code)
 
 
-def _page() -> bytes:
-    return (importlib.resources.files("entrypoints") / "static" / "index.html").read_bytes()
+def _page(stale_after_s: float) -> bytes:
+    """The live page, with the service's own stale age (the page has no other way to learn it)."""
+    page = (importlib.resources.files("entrypoints") / "static" / "index.html").read_bytes()
+    return page.replace(b"const STALE_AFTER_S = 300;", b"const STALE_AFTER_S = %g;" % stale_after_s)
 
 
 class BearerToken:
@@ -307,7 +310,9 @@ def create_app(
 
     @app.get("/", summary="The live page (HTML)", include_in_schema=False)
     async def page() -> Response:
-        return Response(_page(), media_type="text/html; charset=utf-8", headers=_NO_STORE)
+        return Response(
+            _page(opts.stale_after_s), media_type="text/html; charset=utf-8", headers=_NO_STORE
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def not_routed(request: Request, exc: StarletteHTTPException) -> Response:

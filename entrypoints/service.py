@@ -233,6 +233,7 @@ async def run(
             protect=settings.http_protect,
             cors_origins=settings.cors_origins,
             sse_send_timeout_s=settings.sse_send_timeout_s,
+            stale_after_s=settings.price_ttl_s,
         )
         app = ConcurrencyLimit(
             create_app(view, metrics.registry, fanout=fanout, options=options),

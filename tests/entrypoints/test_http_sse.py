@@ -219,6 +219,20 @@ async def test_the_page_is_self_contained_html() -> None:
             assert "@import" not in page
 
 
+async def test_the_page_greys_a_row_at_the_services_own_stale_age() -> None:
+    """The page's stale age is the service's (MDS_PRICE_TTL, the age /prices calls stale), not
+    a number of its own: with a 60 s TTL a 90 s old price must not look fresh."""
+    rig = Rig()
+    with anyio.fail_after(10):
+        async with (
+            served(rig, HttpOptions(stale_after_s=60)) as url,
+            httpx.AsyncClient(base_url=url) as c,
+        ):
+            page = (await c.get("/")).text
+    assert "const STALE_AFTER_S = 60;" in page
+    assert "const STALE_AFTER_S = 300;" not in page
+
+
 # --- CORS and the bearer token ------------------------------------------------------------------
 
 
