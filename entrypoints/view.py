@@ -48,6 +48,9 @@ class ServiceViewAdapter:
         detail: str | None = None
         if status.fatal_error is not None:
             detail = status.fatal_error
+        elif status.role is Role.STANDBY and status.store is not StoreState.OK:
+            # Its lease polls (or an ex-leader's last writes) failed: say why, like a leader.
+            detail = f"standby: redis degraded: {status.store_error or 'unknown error'}"
         elif status.role is Role.STANDBY:
             detail = (
                 "standby: another instance holds the lease (a hand-over leaves no leader "

@@ -77,11 +77,15 @@ async def test_a_standby_reads_healthy_but_not_ready(
 async def test_a_standby_whose_store_is_down_reads_degraded(
     service: MarketDataService, client: httpx.AsyncClient
 ) -> None:
+    """The lease polls' error, as the election records it, is what the operator reads: not
+    the plain "standby" line of a healthy standby."""
     service.status.role = Role.STANDBY
     service.status.store = StoreState.DEGRADED
+    service.status.store_error = "Connection refused"
     health, ready_code, _ = await probe(client)
     assert health["status"] == "degraded" and ready_code == 503
     assert health["redis"] == "degraded"
+    assert health["detail"] == "standby: redis degraded: Connection refused"
 
 
 async def test_a_leader_with_the_store_down_reads_degraded_and_not_ready(
