@@ -20,7 +20,9 @@
    the new token within that time and stops. So at most one instance streams.
 6. ``status.role`` says LEADER only while this instance streams (set when ``lead`` starts,
    cleared the moment leadership ends, before the feed closes and the writer flushes); a
-   standby's lease polls drive ``status.store`` (its /health reflects its own Redis traffic).
+   standby's lease polls drive ``status.store`` (its /health reflects its own Redis traffic);
+   so does its wait for a release: one that fails while the polls answer leaves it polling
+   every ``retry_s`` and degraded, said once, until a wait works again (no flip every poll).
 7. A hand-over leaves no instance leading for a bounded time (rules 2 and 3 forbid overlap):
    a leader that steps down and releases wakes a standby waiting between its polls
    (``Lease.wait_released``), which takes the lease at once: two store round trips; at most
@@ -68,6 +70,9 @@ class LeaderElection:
         self.history_wait_s = self.renew_every_s + self.margin_s
         # Releasing is a courtesy (the lease expires by itself): never hold a shutdown for it.
         self.release_timeout_s = min(0.25, self.margin_s)
+        # A standby's wait for a release failed (its lease polls may answer): degraded until a
+        # wait works again.
+        self._wake_up_failing = False
 
     @property
     def handover_gap_s(self) -> float:
@@ -110,12 +115,18 @@ class LeaderElection:
                 acquired = await self._lease.acquire(self.hold_s)
             except ConnectionError as e:
                 self._store_failed("lease store unreachable, standing by", e)
-                acquired = None
-            else:
-                self._store_answered()
+                # The whole store is down (a failed wait before was part of it): the next
+                # answered poll ends this outage.
+                self._wake_up_failing = False
+                await anyio.sleep(self.retry_s)  # the store does not answer: just wait
+                continue
             if acquired is None:
+                if not self._wake_up_failing:
+                    self._store_answered()
                 await self._pause_between_polls()
                 continue
+            self._wake_up_failing = False  # a leader waits for no release
+            self._store_answered()
             token = acquired.token
             try:
                 await self._lead(lead, acquired, sent_at)
@@ -131,14 +142,20 @@ class LeaderElection:
 
     async def _pause_between_polls(self) -> None:
         """Wait ``retry_s`` for the next poll, or less: a release by the holder (a hand-over)
-        wakes this standby at once (rule 7). A store that does not answer: just wait."""
-        if self._status.store is StoreState.OK:
-            try:
-                await self._lease.wait_released(self.retry_s)
-                return
-            except ConnectionError as e:
-                self._store_failed("lease store unreachable, standing by", e)
-        await anyio.sleep(self.retry_s)
+        wakes this standby at once (rule 7). If that wait fails while the lease polls answer,
+        the standby polls every ``retry_s`` without a wake-up and stays degraded (said once)
+        until a wait works again: its state does not flip at every poll."""
+        started = self._clock.monotonic()
+        try:
+            await self._lease.wait_released(self.retry_s)
+        except ConnectionError as e:
+            self._wake_up_failing = True
+            self._store_failed("waiting for a lease release failed, polling without it", e)
+            await anyio.sleep(max(0.0, started + self.retry_s - self._clock.monotonic()))
+        else:
+            if self._wake_up_failing:
+                self._wake_up_failing = False
+                self._store_answered()
 
     def _store_failed(self, what: str, error: ConnectionError) -> None:
         """A lease call failed: this instance's Redis traffic fails, so /health says so."""

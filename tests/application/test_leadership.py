@@ -242,10 +242,24 @@ class Leading:
             self.end_roles.append(self.status.role)
 
 
+class StoreChanges(ServiceStatus):
+    """A status that records every change of ``store``, even a flip and back in one instant."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "store" and value is not self.__dict__.get("store", value):
+            self.__dict__.setdefault("store_changes", []).append(value)
+        super().__setattr__(name, value)
+
+    @property
+    def store_changes(self) -> list[StoreState]:
+        changes: list[StoreState] = self.__dict__.get("store_changes", [])
+        return changes
+
+
 class Election:
     def __init__(self, ttl_s: float = 10.0) -> None:
         self.lease = SpyLease()
-        self.status = ServiceStatus(started_at=0.0)
+        self.status = StoreChanges(started_at=0.0)
         self.election = LeaderElection(self.lease, VirtualClock(), self.status, ttl_s=ttl_s)
         self.lead = Leading(self.status)
         self.scope = anyio.CancelScope()
@@ -426,23 +440,55 @@ async def test_a_lease_store_outage_degrades_a_standby_once_and_its_recovery_cle
     ]
 
 
-async def test_a_standby_whose_wait_for_a_release_fails_is_degraded_and_polls_after_retry_s(
+async def test_a_standby_whose_wait_for_a_release_keeps_failing_is_degraded_once_not_each_poll(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The lease answered, then waiting for a release between polls failed: this standby's
-    store is degraded with the error (said in the log), and it waits the plain retry_s."""
+    """The lease answers, but waiting for a release between polls (the hand-over wake-up)
+    keeps failing: the standby polls every retry_s as without a wake-up, and is degraded with
+    the error from the first failure until a wait works again: one change and one log line
+    each way (was: OK at every answered poll, degraded at every failed wait, both lines each
+    second)."""
     e = Election()
     e.lease.grant = False
     e.lease.fail_waits = True
     with caplog.at_level(logging.WARNING, "application.leadership"), anyio.fail_after(100):
         async with anyio.create_task_group() as tg:
             await tg.start(e.run)
-            await anyio.sleep(0.5)
+            await anyio.sleep(5.5)
+            assert e.at(e.lease.times("acquire")) == [0, 1, 2, 3, 4, 5]
             assert e.store() is StoreState.DEGRADED
             assert e.store_error() == SpyLease.ERROR
-            await anyio.sleep(2)
-            assert e.at(e.lease.times("acquire")) == [0, 1, 2]
+            assert e.status.store_changes == [StoreState.DEGRADED]
+            assert len(caplog.records) == 1 and SpyLease.ERROR in caplog.records[0].getMessage()
+            e.lease.fail_waits = False
+            await anyio.sleep(2)  # the wait at 6 works (it returns at 7)
+            assert e.store() is StoreState.OK and e.store_error() is None
+            assert e.status.store_changes == [StoreState.DEGRADED, StoreState.OK]
+            assert e.at(e.lease.times("acquire")) == [0, 1, 2, 3, 4, 5, 6, 7]
             tg.cancel_scope.cancel()
-    assert caplog.records[0].getMessage() == (
-        f"lease store unreachable, standing by: {SpyLease.ERROR}"
-    )
+    assert [r.getMessage() for r in caplog.records][1:] == ["lease store reachable again"]
+
+
+async def test_a_store_outage_first_seen_by_the_wait_for_a_release_clears_at_the_next_answered_poll(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A standby spends its pauses waiting for a release, so a dead store is often seen there
+    first; once a lease poll fails too the whole store is down, and the first answered poll
+    after it clears the state (within retry_s of the store coming back, not one more wait)."""
+    e = Election()
+    e.lease.grant = False
+    with caplog.at_level(logging.WARNING, "application.leadership"), anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(e.run)
+            await anyio.sleep(0.5)
+            e.lease.fail_waits = True  # the wait at 1 fails first
+            await anyio.sleep(1)
+            e.lease.fail = True  # then the polls at 2 and 3 fail too
+            await anyio.sleep(2)
+            assert e.store() is StoreState.DEGRADED
+            e.lease.fail = e.lease.fail_waits = False
+            await anyio.sleep(1)  # the poll at 4 answers
+            assert e.store() is StoreState.OK and e.store_error() is None
+            assert e.status.store_changes == [StoreState.DEGRADED, StoreState.OK]
+            tg.cancel_scope.cancel()
+    assert len(caplog.records) == 2
