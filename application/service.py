@@ -262,16 +262,25 @@ class MarketDataService:
             return None
 
     async def _listen_for_position_changes(self) -> None:
-        """Trigger a sync on every ``positions.changed`` signal; re-listen after bus errors."""
+        """Trigger a sync on every ``positions.changed`` signal; re-listen after bus errors
+        (0.5 s doubling to 10 s), one WARNING per outage and one INFO once listening again."""
         delay = 0.5
+        failing = False
         while True:
             try:
                 async with self.bus.listen(POSITIONS_CHANGED_CHANNEL) as signals:
                     delay = 0.5
+                    if failing:
+                        failing = False
+                        log.info("listening on %s again", POSITIONS_CHANGED_CHANNEL)
                     async for _ in signals:
                         self.sync.trigger()
             except ConnectionError as e:
-                log.warning("cannot listen on %s (%s); retrying", POSITIONS_CHANGED_CHANNEL, e)
+                if failing:
+                    log.debug("still cannot listen on %s: %s", POSITIONS_CHANGED_CHANNEL, e)
+                else:
+                    failing = True
+                    log.warning("cannot listen on %s (%s); retrying", POSITIONS_CHANGED_CHANNEL, e)
             await anyio.sleep(delay)
             delay = min(delay * 2, 10.0)
 

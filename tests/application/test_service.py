@@ -83,6 +83,36 @@ async def test_the_positions_listener_retries_from_half_a_second_to_10_s_and_aga
     assert lines[0] == "cannot listen on positions.changed (redis down); retrying"
 
 
+async def test_the_positions_listener_warns_once_per_outage_and_says_when_it_listens_again(
+    feed: ScriptedQuoteFeed, cache: InMemoryPriceCache, clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Eight failed attempts are one outage: one WARNING (was one per attempt), one INFO once
+    listening again; the bus down again is a new outage, warned once more."""
+    bus = DeafBus()
+    bus.down = True
+    config = ServiceConfig(static_symbols=frozenset({"SPY"}), symbol_limit=None)
+    service = MarketDataService(feed, cache, bus, clock, config)
+
+    def levels() -> list[str]:
+        return [r.levelname for r in caplog.records if r.name == "application.service"]
+
+    with caplog.at_level(logging.DEBUG, "application.service"), anyio.fail_after(500):
+        async with anyio.create_task_group() as tg:
+            await tg.start(service.run)
+            await eventually(lambda: len(bus.listens) == 8)
+            assert levels().count("WARNING") == 1
+            bus.down = False
+            await eventually(lambda: bool(bus._listeners))
+            assert levels().count("WARNING") == 1 and levels().count("INFO") == 1
+            bus.down = True
+            for listener in bus._listeners:
+                listener.send.close()
+            await eventually(lambda: len(bus.listens) == 9 + 4)
+            assert levels().count("WARNING") == 2 and levels().count("INFO") == 1
+            tg.cancel_scope.cancel()
+
+
 # -- the streams together ------------------------------------------------------------------------
 
 
