@@ -469,6 +469,59 @@ async def test_a_standby_whose_wait_for_a_release_keeps_failing_is_degraded_once
     assert [r.getMessage() for r in caplog.records][1:] == ["lease store reachable again"]
 
 
+async def test_a_standby_whose_wait_for_a_release_fails_still_polls_every_retry_s() -> None:
+    """Without a working wake-up the standby keeps the poll cadence of rule 1 (retry_s =
+    ttl_s / 10: 0.4 s at a 4 s TTL), counted from the start of each pause: no floor of its
+    own slows the takeover."""
+    e = Election(ttl_s=4.0)
+    e.lease.grant = False
+    e.lease.fail_waits = True
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(e.run)
+            await anyio.sleep(1.7)
+            assert e.at(e.lease.times("acquire")) == [0, 0.4, 0.8, 1.2, 1.6]
+            tg.cancel_scope.cancel()
+
+
+async def test_an_ex_leader_left_degraded_by_its_writer_is_ok_at_its_first_answered_poll() -> None:
+    """A leader's writer marked the store degraded (a failed write) and then the leadership
+    ended (renewal refused: another instance holds the lease). On a standby no writer clears
+    that state: the first lease poll that answers does, at once, not after that pause's wait
+    for a release (retry_s later)."""
+    e = Election()
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(e.run)
+            await eventually(lambda: e.role() is Role.LEADER)
+            e.status.store = StoreState.DEGRADED  # as the price writer sets it
+            e.status.store_error = "write failed (scripted)"
+            polls = len(e.lease.times("acquire"))
+            e.lease.renew_answer = False  # the next renewal is refused: leadership ends
+            e.lease.grant = False  # another instance holds the lease
+            await eventually(lambda: e.store() is StoreState.OK)
+            answered_at = e.lease.times("acquire")[polls]  # the first poll as a standby
+            # OK with that answer (within eventually's 0.01 s step), not retry_s (1 s) later
+            assert anyio.current_time() - answered_at < 0.1
+            assert e.role() is Role.STANDBY and e.store_error() is None
+            tg.cancel_scope.cancel()
+
+
+async def test_a_standby_started_with_its_store_degraded_is_ok_at_its_first_answered_poll() -> None:
+    """The store was degraded before the election began (a start against an unreachable
+    Redis): the first lease poll that answers clears it at once, not after a wait."""
+    e = Election()
+    e.lease.grant = False
+    e.status.store = StoreState.DEGRADED
+    e.status.store_error = "unreachable at start (scripted)"
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            await tg.start(e.run)
+            await eventually(lambda: e.store() is StoreState.OK)
+            assert anyio.current_time() - e.lease.times("acquire")[0] < 0.1
+            tg.cancel_scope.cancel()
+
+
 async def test_a_store_outage_first_seen_by_the_wait_for_a_release_clears_at_the_next_answered_poll(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
