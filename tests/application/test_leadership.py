@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import anyio.abc
@@ -273,6 +275,15 @@ class Election:
             await self.election.run(self.lead)
         self.returned_at = anyio.current_time() - self.t0
 
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[anyio.abc.TaskGroup]:
+        """The election running (within 100 s of virtual time), stopped when the block ends."""
+        with anyio.fail_after(100):
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.run)
+                yield tg
+                tg.cancel_scope.cancel()
+
     def role(self) -> Role:  # a call: mypy narrows attributes across awaits
         return self.status.role
 
@@ -297,38 +308,32 @@ async def test_the_ttl_must_be_positive() -> None:
 async def test_a_standby_polls_every_tenth_of_the_ttl_a_leader_renews_every_third_of_it() -> None:
     e = Election()
     e.lease.grant = False
-    with anyio.fail_after(100):
-        async with anyio.create_task_group() as tg:
-            await tg.start(e.run)
-            await anyio.sleep(2.5)
-            assert e.role() is Role.STANDBY
-            e.lease.grant = True
-            await anyio.sleep(10)  # acquired at 3, renewed at 6, 9 and 12
-            calls = [(op, token, ttl) for _, op, token, ttl in e.lease.calls]
-            assert [c for c in calls if c[0] != "wait_released"] == [
-                ("acquire", None, 9.0), ("acquire", None, 9.0), ("acquire", None, 9.0),
-                ("acquire", None, 9.0), ("renew", "spy:1", 9.0), ("renew", "spy:1", 9.0),
-                ("renew", "spy:1", 9.0),
-            ]  # fmt: skip
-            assert e.at(e.lease.times("acquire")) == [0, 1, 2, 3]
-            assert e.at(e.lease.times("wait_released")) == [0, 1, 2]  # 1 s each
-            assert e.at(e.lease.times("renew")) == [6, 9, 12]
-            assert e.at(e.lead.started) == [3] and e.lead.ended == []
-            assert e.lead.roles == [Role.LEADER] and e.role() is Role.LEADER
-            tg.cancel_scope.cancel()
+    async with e.running():
+        await anyio.sleep(2.5)
+        assert e.role() is Role.STANDBY
+        e.lease.grant = True
+        await anyio.sleep(10)  # acquired at 3, renewed at 6, 9 and 12
+        calls = [(op, token, ttl) for _, op, token, ttl in e.lease.calls]
+        assert [c for c in calls if c[0] != "wait_released"] == [
+            ("acquire", None, 9.0), ("acquire", None, 9.0), ("acquire", None, 9.0),
+            ("acquire", None, 9.0), ("renew", "spy:1", 9.0), ("renew", "spy:1", 9.0),
+            ("renew", "spy:1", 9.0),
+        ]  # fmt: skip
+        assert e.at(e.lease.times("acquire")) == [0, 1, 2, 3]
+        assert e.at(e.lease.times("wait_released")) == [0, 1, 2]  # 1 s each
+        assert e.at(e.lease.times("renew")) == [6, 9, 12]
+        assert e.at(e.lead.started) == [3] and e.lead.ended == []
+        assert e.lead.roles == [Role.LEADER] and e.role() is Role.LEADER
 
 
 async def test_with_no_record_of_an_earlier_leader_it_waits_a_renewal_period_and_margin() -> None:
     e = Election()
     e.lease.unknown_history = True
-    with anyio.fail_after(100):
-        async with anyio.create_task_group() as tg:
-            await tg.start(e.run)
-            await anyio.sleep(3.49)
-            assert e.lead.started == [] and e.role() is Role.STANDBY
-            await anyio.sleep(1)
-            assert e.at(e.lead.started) == [3.5] and e.lead.roles == [Role.LEADER]
-            tg.cancel_scope.cancel()
+    async with e.running():
+        await anyio.sleep(3.49)
+        assert e.lead.started == [] and e.role() is Role.STANDBY
+        await anyio.sleep(1)
+        assert e.at(e.lead.started) == [3.5] and e.lead.roles == [Role.LEADER]
 
 
 @pytest.mark.parametrize(
@@ -344,14 +349,11 @@ async def test_a_lease_answered_late_counts_from_when_it_was_asked_for(
     e = Election()
     e.lease.acquire_delay_s = acquire_delay_s
     e.lease.renew_delay_s = renew_delay_s
-    with anyio.fail_after(100):
-        async with anyio.create_task_group() as tg:
-            await tg.start(e.run)
-            await eventually(lambda: e.lead.ended != [])
-            assert e.at(e.lead.ended)[0] == ended_at
-            assert all(t < ended_at for t in e.at(e.lease.times("renew")))
-            assert e.lead.end_roles[0] is Role.STANDBY
-            tg.cancel_scope.cancel()
+    async with e.running():
+        await eventually(lambda: e.lead.ended != [])
+        assert e.at(e.lead.ended)[0] == ended_at
+        assert all(t < ended_at for t in e.at(e.lease.times("renew")))
+        assert e.lead.end_roles[0] is Role.STANDBY
 
 
 @pytest.mark.parametrize(("ttl_s", "ended_at"), [(10.0, 8.5), (1.0, 0.85)])
@@ -362,14 +364,11 @@ async def test_a_renewal_that_never_answers_ends_leadership_the_margin_before_th
     8.5 s (0.85 s), the margin before the lease the store may have extended ends."""
     e = Election(ttl_s)
     e.lease.renew_delay_s = math.inf
-    with anyio.fail_after(100):
-        async with anyio.create_task_group() as tg:
-            await tg.start(e.run)
-            await anyio.sleep(ttl_s)
-            assert e.at(e.lease.times("renew"))[0] == pytest.approx(ttl_s * 0.3)
-            assert e.at(e.lead.ended)[0] == pytest.approx(ended_at)
-            assert e.lead.end_roles[0] is Role.STANDBY
-            tg.cancel_scope.cancel()
+    async with e.running():
+        await anyio.sleep(ttl_s)
+        assert e.at(e.lease.times("renew"))[0] == pytest.approx(ttl_s * 0.3)
+        assert e.at(e.lead.ended)[0] == pytest.approx(ended_at)
+        assert e.lead.end_roles[0] is Role.STANDBY
 
 
 @pytest.mark.parametrize("fails", [False, True], ids=["lost", "store-down"])
@@ -381,9 +380,8 @@ async def test_a_renewal_refused_or_failed_ends_leadership_at_once(
     in the log."""
     e = Election()
     e.lease.renew_answer = False
-    with caplog.at_level(logging.WARNING, "application.leadership"), anyio.fail_after(100):
-        async with anyio.create_task_group() as tg:
-            await tg.start(e.run)
+    with caplog.at_level(logging.WARNING, "application.leadership"):
+        async with e.running():
             await anyio.sleep(2)
             e.lease.fail = fails
             await eventually(lambda: e.lead.ended != [])
@@ -393,7 +391,6 @@ async def test_a_renewal_refused_or_failed_ends_leadership_at_once(
                 assert e.store_error() == SpyLease.ERROR
             else:
                 assert e.store() is StoreState.OK and e.store_error() is None
-            tg.cancel_scope.cancel()
     renewal_lines = [r.getMessage() for r in caplog.records if "renewal" in r.getMessage()]
     assert renewal_lines == ([f"lease renewal failed: {SpyLease.ERROR}"] if fails else [])
 
@@ -423,9 +420,8 @@ async def test_a_lease_store_outage_degrades_a_standby_once_and_its_recovery_cle
     e = Election()
     e.lease.grant = False
     e.lease.fail = True
-    with caplog.at_level(logging.WARNING, "application.leadership"), anyio.fail_after(100):
-        async with anyio.create_task_group() as tg:
-            await tg.start(e.run)
+    with caplog.at_level(logging.WARNING, "application.leadership"):
+        async with e.running():
             await anyio.sleep(3.5)  # four polls fail
             assert e.at(e.lease.times("acquire")) == [0, 1, 2, 3]
             assert e.store() is StoreState.DEGRADED
@@ -433,7 +429,6 @@ async def test_a_lease_store_outage_degrades_a_standby_once_and_its_recovery_cle
             e.lease.fail = False
             await anyio.sleep(1)
             assert e.store() is StoreState.OK and e.store_error() is None
-            tg.cancel_scope.cancel()
     assert [r.getMessage() for r in caplog.records] == [
         f"lease store unreachable, standing by: {SpyLease.ERROR}",
         "lease store reachable again",
@@ -451,9 +446,8 @@ async def test_a_standby_whose_wait_for_a_release_keeps_failing_is_degraded_once
     e = Election()
     e.lease.grant = False
     e.lease.fail_waits = True
-    with caplog.at_level(logging.WARNING, "application.leadership"), anyio.fail_after(100):
-        async with anyio.create_task_group() as tg:
-            await tg.start(e.run)
+    with caplog.at_level(logging.WARNING, "application.leadership"):
+        async with e.running():
             await anyio.sleep(5.5)
             assert e.at(e.lease.times("acquire")) == [0, 1, 2, 3, 4, 5]
             assert e.store() is StoreState.DEGRADED
@@ -465,7 +459,6 @@ async def test_a_standby_whose_wait_for_a_release_keeps_failing_is_degraded_once
             assert e.store() is StoreState.OK and e.store_error() is None
             assert e.status.store_changes == [StoreState.DEGRADED, StoreState.OK]
             assert e.at(e.lease.times("acquire")) == [0, 1, 2, 3, 4, 5, 6, 7]
-            tg.cancel_scope.cancel()
     assert [r.getMessage() for r in caplog.records][1:] == ["lease store reachable again"]
 
 
@@ -476,12 +469,9 @@ async def test_a_standby_whose_wait_for_a_release_fails_still_polls_every_retry_
     e = Election(ttl_s=4.0)
     e.lease.grant = False
     e.lease.fail_waits = True
-    with anyio.fail_after(100):
-        async with anyio.create_task_group() as tg:
-            await tg.start(e.run)
-            await anyio.sleep(1.7)
-            assert e.at(e.lease.times("acquire")) == [0, 0.4, 0.8, 1.2, 1.6]
-            tg.cancel_scope.cancel()
+    async with e.running():
+        await anyio.sleep(1.7)
+        assert e.at(e.lease.times("acquire")) == [0, 0.4, 0.8, 1.2, 1.6]
 
 
 async def test_an_ex_leader_left_degraded_by_its_writer_is_ok_at_its_first_answered_poll() -> None:
@@ -490,21 +480,18 @@ async def test_an_ex_leader_left_degraded_by_its_writer_is_ok_at_its_first_answe
     that state: the first lease poll that answers does, at once, not after that pause's wait
     for a release (retry_s later)."""
     e = Election()
-    with anyio.fail_after(100):
-        async with anyio.create_task_group() as tg:
-            await tg.start(e.run)
-            await eventually(lambda: e.role() is Role.LEADER)
-            e.status.store = StoreState.DEGRADED  # as the price writer sets it
-            e.status.store_error = "write failed (scripted)"
-            polls = len(e.lease.times("acquire"))
-            e.lease.renew_answer = False  # the next renewal is refused: leadership ends
-            e.lease.grant = False  # another instance holds the lease
-            await eventually(lambda: e.store() is StoreState.OK)
-            answered_at = e.lease.times("acquire")[polls]  # the first poll as a standby
-            # OK with that answer (within eventually's 0.01 s step), not retry_s (1 s) later
-            assert anyio.current_time() - answered_at < 0.1
-            assert e.role() is Role.STANDBY and e.store_error() is None
-            tg.cancel_scope.cancel()
+    async with e.running():
+        await eventually(lambda: e.role() is Role.LEADER)
+        e.status.store = StoreState.DEGRADED  # as the price writer sets it
+        e.status.store_error = "write failed (scripted)"
+        polls = len(e.lease.times("acquire"))
+        e.lease.renew_answer = False  # the next renewal is refused: leadership ends
+        e.lease.grant = False  # another instance holds the lease
+        await eventually(lambda: e.store() is StoreState.OK)
+        answered_at = e.lease.times("acquire")[polls]  # the first poll as a standby
+        # OK with that answer (within eventually's 0.01 s step), not retry_s (1 s) later
+        assert anyio.current_time() - answered_at < 0.1
+        assert e.role() is Role.STANDBY and e.store_error() is None
 
 
 async def test_a_standby_started_with_its_store_degraded_is_ok_at_its_first_answered_poll() -> None:
@@ -514,12 +501,9 @@ async def test_a_standby_started_with_its_store_degraded_is_ok_at_its_first_answ
     e.lease.grant = False
     e.status.store = StoreState.DEGRADED
     e.status.store_error = "unreachable at start (scripted)"
-    with anyio.fail_after(100):
-        async with anyio.create_task_group() as tg:
-            await tg.start(e.run)
-            await eventually(lambda: e.store() is StoreState.OK)
-            assert anyio.current_time() - e.lease.times("acquire")[0] < 0.1
-            tg.cancel_scope.cancel()
+    async with e.running():
+        await eventually(lambda: e.store() is StoreState.OK)
+        assert anyio.current_time() - e.lease.times("acquire")[0] < 0.1
 
 
 async def test_a_store_outage_first_seen_by_the_wait_for_a_release_clears_at_the_next_answered_poll(
@@ -530,9 +514,8 @@ async def test_a_store_outage_first_seen_by_the_wait_for_a_release_clears_at_the
     after it clears the state (within retry_s of the store coming back, not one more wait)."""
     e = Election()
     e.lease.grant = False
-    with caplog.at_level(logging.WARNING, "application.leadership"), anyio.fail_after(100):
-        async with anyio.create_task_group() as tg:
-            await tg.start(e.run)
+    with caplog.at_level(logging.WARNING, "application.leadership"):
+        async with e.running():
             await anyio.sleep(0.5)
             e.lease.fail_waits = True  # the wait at 1 fails first
             await anyio.sleep(1)
@@ -543,5 +526,4 @@ async def test_a_store_outage_first_seen_by_the_wait_for_a_release_clears_at_the
             await anyio.sleep(1)  # the poll at 4 answers
             assert e.store() is StoreState.OK and e.store_error() is None
             assert e.status.store_changes == [StoreState.DEGRADED, StoreState.OK]
-            tg.cancel_scope.cancel()
     assert len(caplog.records) == 2
