@@ -272,17 +272,23 @@ class BrokenObserver(RecordingObserver):
         raise ValueError("histogram exploded")
 
 
-async def test_a_failing_observer_is_reported_with_its_error_type(
-    clock: VirtualClock, bus: InMemoryEventBus
-) -> None:
-    status = ServiceStatus(started_at=0.0)
-    stream = StreamMidPrices(SpyPriceCache(), bus, clock, status, observer=BrokenObserver())
+async def write_one_quote(stream: StreamMidPrices) -> None:
+    """Run ``stream`` until one quote has been written (its observer called), then stop it."""
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             await tg.start(stream.run)
             stream.handle([quote("A", 1.0, 1.02)])
             await stream.wait_idle()
             tg.cancel_scope.cancel()
+
+
+async def test_a_failing_observer_is_reported_with_its_error_type(
+    clock: VirtualClock, bus: InMemoryEventBus
+) -> None:
+    status = ServiceStatus(started_at=0.0)
+    await write_one_quote(
+        StreamMidPrices(SpyPriceCache(), bus, clock, status, observer=BrokenObserver())
+    )
     assert status.features.failing == {METRICS: "observer: ValueError: histogram exploded"}
 
 
@@ -291,13 +297,9 @@ async def test_a_working_observer_never_clears_a_metrics_failure_it_did_not_caus
 ) -> None:
     status = ServiceStatus(started_at=0.0)
     status.features.fail(METRICS, "exporter: port 9100 in use")
-    stream = StreamMidPrices(SpyPriceCache(), bus, clock, status, observer=RecordingObserver())
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            await tg.start(stream.run)
-            stream.handle([quote("A", 1.0, 1.02)])
-            await stream.wait_idle()
-            tg.cancel_scope.cancel()
+    await write_one_quote(
+        StreamMidPrices(SpyPriceCache(), bus, clock, status, observer=RecordingObserver())
+    )
     assert status.features.failing == {METRICS: "exporter: port 9100 in use"}
 
 
